@@ -1,0 +1,1 @@
+"""Data: generated benchmark, video decoding, clip cache and sampling."""

@@ -1,0 +1,1 @@
+"""Optical-flow utilities: metrics, file I/O, visualisation, classical methods."""

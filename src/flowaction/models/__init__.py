@@ -1,0 +1,1 @@
+"""Neural network modules only (no data, no training code)."""
