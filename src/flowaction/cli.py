@@ -1,0 +1,115 @@
+"""The ``flowaction`` command: the one place that parses arguments.
+
+Each subcommand maps to one function call of the package.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _add_overrides(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "overrides", nargs="*", metavar="KEY=VALUE",
+        help="config overrides, e.g. optim.lr=3e-4 model.depth=10 (see `flowaction keys`)",
+    )
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from flowaction.config import load_config
+    from flowaction.run import open_data
+    from flowaction.train import fit
+
+    overrides = list(args.overrides)
+    if args.data:
+        overrides.append(f"data.cache={args.data}")
+    cfg = load_config(args.config, overrides)
+    cache = open_data(cfg, args.out)
+    summary = fit(cfg, cache, args.out, resume=args.resume)
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from flowaction.data.cache import ClipCache
+    from flowaction.run import write_eval_report
+    from flowaction.train import evaluate_checkpoint
+
+    cache = ClipCache.open(args.data)
+    report = evaluate_checkpoint(args.checkpoint, cache, args.split, "test", args.device)
+    write_eval_report(report, args.out)
+    print(
+        f"{args.split}: clip accuracy {report['clip_accuracy']:.4f}  video accuracy "
+        f"{report['video_accuracy']:.4f}  top-5 {report['top5_video_accuracy']:.4f}"
+        + (f"  flow EPE {report['flow_epe']:.3f} px" if report["flow_epe"] is not None else "")
+    )
+    print(f"wrote {Path(args.out) / 'eval.json'} and {Path(args.out) / 'confusion.png'}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from flowaction.demo import run_demo
+
+    metrics = run_demo(args.out, preset=args.preset, overrides=args.overrides)
+    print(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, (list, dict))}, indent=1))
+    return 0
+
+
+def _cmd_keys(args: argparse.Namespace) -> int:
+    from flowaction.config import Config, to_dict, valid_keys
+
+    defaults = to_dict(Config())
+    for key in valid_keys():
+        node = defaults
+        for part in key.split("."):
+            node = node[part]
+        print(f"{key} = {node!r}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="flowaction", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train a model from a YAML config")
+    train.add_argument("--config", type=Path, default=None, help="YAML config (defaults if omitted)")
+    train.add_argument("--out", type=Path, required=True, help="run directory")
+    train.add_argument("--data", type=Path, default=None, help="prepared cache (else: generated benchmark)")
+    train.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    _add_overrides(train)
+    train.set_defaults(func=_cmd_train)
+
+    evaluate = sub.add_parser("eval", help="score a checkpoint on a split of a cache")
+    evaluate.add_argument("--checkpoint", type=Path, required=True)
+    evaluate.add_argument("--data", type=Path, required=True, help="prepared cache directory")
+    evaluate.add_argument("--split", default="test")
+    evaluate.add_argument("--out", type=Path, required=True)
+    evaluate.add_argument("--device", default="auto")
+    evaluate.set_defaults(func=_cmd_eval)
+
+    demo = sub.add_parser("demo", help="generate the benchmark, train the joint model, report")
+    demo.add_argument("--out", type=Path, default=Path("runs/demo"))
+    demo.add_argument("--preset", default="demo", help="demo (default) or tiny (seconds, for tests)")
+    _add_overrides(demo)
+    demo.set_defaults(func=_cmd_demo)
+
+    keys = sub.add_parser("keys", help="list every config key with its default")
+    keys.set_defaults(func=_cmd_keys)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from flowaction.config import ConfigError
+
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        return args.func(args)
+    except (ConfigError, FileNotFoundError, ValueError) as error:
+        print(f"flowaction {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,219 @@
+"""Typed run configuration: nested dataclasses, read from YAML, overridden by ``key=value``.
+
+Every key is checked: a misspelt key raises :class:`ConfigError` naming the valid ones, and a
+value of the wrong type or outside its range is rejected before any work starts.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration file or override that cannot be used."""
+
+
+@dataclass
+class SyntheticConfig:
+    """The generated benchmark, used when ``data.cache`` is empty."""
+
+    num_classes: int = 8
+    size: int = 64
+    num_frames: int = 16
+    train_per_class: int = 60
+    val_per_class: int = 10
+    test_per_class: int = 20
+    seed: int = 0
+
+
+@dataclass
+class DataConfig:
+    cache: str = ""  # a prepared cache directory; empty = generate the synthetic benchmark
+    synthetic_dir: str = ""  # where a generated cache is kept; empty = <out>/data
+    num_frames: int = 16
+    frame_step: int = 1
+    crop: int = 56
+    test_clips: int = 10
+    num_workers: int = 0
+    train_split: str = "train"
+    val_split: str = "val"
+    test_split: str = "test"
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+
+@dataclass
+class AugmentConfig:
+    brightness: float = 0.2
+    contrast: float = 0.3
+    gamma: float = 0.3
+    hflip: bool = False
+    noise_std: float = 0.05  # Gaussian noise after normalisation, in normalised units
+
+
+@dataclass
+class ModelConfig:
+    depth: int = 18
+    shortcut: str = "B"
+    flow_width: int = 16
+    triplet_stride: int = 3
+
+
+@dataclass
+class LossConfig:
+    classification: float = 1.0
+    photometric: float = 1.0
+    smoothness: float = 0.1
+    alpha: float = 0.45
+    eps: float = 1e-3
+    smooth_alpha: float = 0.45
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    epochs: int = 10
+    batch_size: int = 16
+    grad_clip: float = 10.0
+    schedule: str = "cosine"  # cosine | constant
+    warmup_epochs: float = 0.0
+
+
+@dataclass
+class Config:
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    threads: int = 0  # torch intra-op threads; 0 = leave torch's default
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+
+
+_CHOICES = {
+    "model.depth": (10, 18, 34, 50),
+    "model.shortcut": ("A", "B"),
+    "optim.schedule": ("cosine", "constant"),
+}
+_POSITIVE = {
+    "data.num_frames", "data.frame_step", "data.crop", "data.test_clips", "model.flow_width",
+    "model.triplet_stride", "optim.epochs", "optim.batch_size", "optim.lr",
+    "data.synthetic.num_classes", "data.synthetic.size", "data.synthetic.num_frames",
+    "data.synthetic.train_per_class", "data.synthetic.val_per_class", "data.synthetic.test_per_class",
+}
+
+
+def valid_keys(obj: Any = None, prefix: str = "") -> list[str]:
+    """All dotted keys of the configuration, e.g. ``optim.lr``."""
+    obj = Config() if obj is None else obj
+    keys = []
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            keys.extend(valid_keys(value, f"{prefix}{f.name}."))
+        else:
+            keys.append(f"{prefix}{f.name}")
+    return keys
+
+
+def _coerce(key: str, value: Any, current: Any) -> Any:
+    """Convert ``value`` (from YAML or a command-line string) to the type of ``current``."""
+    target = type(current)
+    if isinstance(value, str) and target is not str:
+        value = yaml.safe_load(value)
+    if target is bool:
+        if isinstance(value, bool):
+            return value
+    elif target is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    elif target is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    elif target is str and value is not None:
+        return str(value)
+    raise ConfigError(f"{key}: expected {target.__name__}, got {value!r}")
+
+
+def _set(cfg: Config, key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = cfg
+    for depth, part in enumerate(parts):
+        names = {f.name for f in dataclasses.fields(node)}
+        if part not in names:
+            raise ConfigError(f"unknown config key {key!r}; valid keys: {', '.join(valid_keys())}")
+        if depth == len(parts) - 1:
+            current = getattr(node, part)
+            if dataclasses.is_dataclass(current):
+                raise ConfigError(f"{key} is a section; set one of its keys, e.g. {key}.{dataclasses.fields(current)[0].name}")
+            setattr(node, part, _coerce(key, value, current))
+        else:
+            node = getattr(node, part)
+            if not dataclasses.is_dataclass(node):
+                raise ConfigError(f"unknown config key {key!r}; valid keys: {', '.join(valid_keys())}")
+
+
+def _flatten(mapping: dict, prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in mapping.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def validate(cfg: Config) -> Config:
+    """Check ranges and choices; raise :class:`ConfigError` on the first problem."""
+    flat = _flatten(to_dict(cfg))
+    for key, allowed in _CHOICES.items():
+        if flat[key] not in allowed:
+            raise ConfigError(f"{key} = {flat[key]!r}; choose one of {allowed}")
+    for key in _POSITIVE:
+        if flat[key] <= 0:
+            raise ConfigError(f"{key} must be > 0, got {flat[key]}")
+    if cfg.data.num_frames < 3:
+        raise ConfigError("data.num_frames must be >= 3 (one triplet)")
+    if cfg.data.crop > cfg.data.synthetic.size and not cfg.data.cache:
+        raise ConfigError(f"data.crop {cfg.data.crop} exceeds data.synthetic.size {cfg.data.synthetic.size}")
+    for key in ("loss.classification", "loss.photometric", "loss.smoothness", "augment.noise_std"):
+        if flat[key] < 0:
+            raise ConfigError(f"{key} must be >= 0")
+    return cfg
+
+
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(mapping: dict, overrides: list[str] | None = None) -> Config:
+    """Build a validated config from nested ``mapping`` plus ``key=value`` overrides."""
+    cfg = Config()
+    for key, value in _flatten(mapping or {}).items():
+        _set(cfg, key, value)
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not key=value")
+        key, value = item.split("=", 1)
+        _set(cfg, key.strip(), value)
+    return validate(cfg)
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config file (or start from defaults when ``path`` is None)."""
+    mapping: dict = {}
+    if path is not None:
+        with open(path) as handle:
+            mapping = yaml.safe_load(handle) or {}
+        if not isinstance(mapping, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level")
+    return from_dict(mapping, overrides)
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    """Write the fully resolved config as YAML."""
+    with open(path, "w") as handle:
+        yaml.safe_dump(to_dict(cfg), handle, sort_keys=False)

@@ -1,0 +1,86 @@
+"""The small flow network: three frames in, one optical flow out.
+
+Its first layer is a 3D convolution over the triplet (temporal kernel 3, no temporal padding),
+which collapses time; the rest is a 2D encoder-decoder with skip connections that predicts the
+flow coarse-to-fine. Most of its work runs at 1/2 resolution and below: a full-resolution network
+costs as much per step as the 3D ResNet behind it (DESIGN section 5).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def _conv(in_ch: int, out_ch: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(in_ch, out_ch, 3, stride=stride, padding=1), nn.LeakyReLU(0.1, inplace=True)
+    )
+
+
+class FlowNet(nn.Module):
+    """Triplets ``(N, 1, 3, H, W)`` -> flows ``(N, 2, H, W)`` in pixels.
+
+    The flow ``O_k`` is defined on the grid of the first frame ``I_{k-1}`` and points into the
+    middle frame ``I_k`` (DESIGN section 1). ``H`` and ``W`` need not be multiples of 8.
+
+    Args:
+        width: channels of the first stage; later stages use 2x, 4x and 6x.
+        in_frames: frames per input group (3 in the paper).
+    """
+
+    def __init__(self, width: int = 16, in_frames: int = 3) -> None:
+        super().__init__()
+        c1, c2, c3, c4 = width, 2 * width, 4 * width, 6 * width
+        self.in_frames = in_frames
+        # 3D conv over time without temporal padding: (N, 1, 3, H, W) -> (N, c1, 1, H/2, W/2)
+        self.stem = nn.Conv3d(1, c1, kernel_size=(in_frames, 5, 5), stride=(1, 2, 2), padding=(0, 2, 2))
+        self.enc1 = _conv(c1, c2)  # 1/2
+        self.enc2 = nn.Sequential(_conv(c2, c3, stride=2), _conv(c3, c3))  # 1/4
+        self.enc3 = nn.Sequential(_conv(c3, c4, stride=2), _conv(c4, c4))  # 1/8
+        self.predict3 = nn.Conv2d(c4, 2, 3, padding=1)
+        self.dec2 = _conv(c4 + c3 + 2, c3)
+        self.predict2 = nn.Conv2d(c3, 2, 3, padding=1)
+        self.dec1 = _conv(c3 + c2 + 2, c2)
+        self.predict1 = nn.Conv2d(c2, 2, 3, padding=1)
+        for predictor in (self.predict3, self.predict2, self.predict1):
+            # start from zero flow: the identity warp is the natural initial guess
+            nn.init.zeros_(predictor.weight)
+            nn.init.zeros_(predictor.bias)
+
+    @staticmethod
+    def _upsample_flow(flow: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """Resize a flow field and rescale its vectors so they stay in pixels of ``size``."""
+        scale_y = size[0] / flow.shape[-2]
+        scale_x = size[1] / flow.shape[-1]
+        up = F.interpolate(flow, size=size, mode="bilinear", align_corners=False)
+        return torch.cat((up[:, :1] * scale_x, up[:, 1:] * scale_y), dim=1)
+
+    def forward(self, triplets: torch.Tensor, return_pyramid: bool = False):
+        """Estimate one flow per triplet.
+
+        Args:
+            triplets: ``(N, 1, 3, H, W)`` normalised grayscale frames ``I_{k-1}, I_k, I_{k+1}``.
+            return_pyramid: also return the coarser flows (each in pixels of its own scale).
+
+        Returns:
+            ``(N, 2, H, W)`` flow in pixels, or ``(flow, [coarser flows, fine to coarse])``.
+        """
+        if triplets.dim() != 5 or triplets.shape[2] != self.in_frames:
+            raise ValueError(f"expected (N, 1, {self.in_frames}, H, W), got {tuple(triplets.shape)}")
+        height, width = triplets.shape[-2:]
+        x0 = F.leaky_relu(self.stem(triplets).squeeze(2), 0.1)
+        x1 = self.enc1(x0)
+        x2 = self.enc2(x1)
+        x3 = self.enc3(x2)
+        flow3 = self.predict3(x3)
+        up3 = self._upsample_flow(flow3, x2.shape[-2:])
+        d2 = self.dec2(torch.cat((F.interpolate(x3, size=x2.shape[-2:], mode="nearest"), x2, up3), 1))
+        flow2 = up3 + self.predict2(d2)
+        up2 = self._upsample_flow(flow2, x1.shape[-2:])
+        d1 = self.dec1(torch.cat((F.interpolate(d2, size=x1.shape[-2:], mode="nearest"), x1, up2), 1))
+        flow1 = up2 + self.predict1(d1)
+        flow = self._upsample_flow(flow1, (height, width))
+        if return_pyramid:
+            return flow, [flow1, flow2, flow3]
+        return flow

@@ -1,0 +1,219 @@
+"""Training: ``train_one_epoch``, ``fit`` and ``main(cfg, out)``; one joint loss, one optimiser."""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from flowaction.checkpoint import load_checkpoint, restore_rng, rng_state, save_checkpoint
+from flowaction.config import Config, save_config, to_dict
+from flowaction.data.cache import ClipCache
+from flowaction.data.clips import ClipDataset, ClipSpec, JitterSpec, add_input_noise
+from flowaction.evaluate import run_evaluation, video_scores
+from flowaction.losses import LossWeights, joint_loss
+from flowaction.models.joint import JointModel, build_joint_model
+from flowaction.plots import plot_curves
+from flowaction.runlog import RunLogger
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def build_model(cfg: Config, num_classes: int) -> JointModel:
+    """The model a config describes."""
+    m = cfg.model
+    return build_joint_model(num_classes, m.depth, m.shortcut, m.flow_width, m.triplet_stride)
+
+
+def loss_weights(cfg: Config) -> LossWeights:
+    c = cfg.loss
+    return LossWeights(c.classification, c.photometric, c.smoothness, c.alpha, c.eps, c.smooth_alpha)
+
+
+def clip_spec(cfg: Config) -> ClipSpec:
+    d = cfg.data
+    return ClipSpec(d.num_frames, d.frame_step, d.crop, d.test_clips)
+
+
+def make_loader(cfg: Config, cache: ClipCache, split: str, mode: str, shuffle: bool = False) -> DataLoader:
+    """A loader over one split; ``mode`` is train / val / test (see ``data.clips``)."""
+    a = cfg.augment
+    jitter = JitterSpec(a.brightness, a.contrast, a.gamma, a.hflip)
+    dataset = ClipDataset(cache, split, mode, clip_spec(cfg), jitter, seed=cfg.seed)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    return DataLoader(
+        dataset,
+        batch_size=cfg.optim.batch_size,
+        shuffle=shuffle,
+        num_workers=cfg.data.num_workers,
+        drop_last=False,
+        generator=generator,
+        persistent_workers=cfg.data.num_workers > 0,
+    )
+
+
+def learning_rate(cfg: Config, step: int, total_steps: int, steps_per_epoch: int) -> float:
+    """Linear warm-up then cosine decay (or constant), a pure function of the step."""
+    base = cfg.optim.lr
+    warmup = int(cfg.optim.warmup_epochs * steps_per_epoch)
+    if step < warmup:
+        return base * (step + 1) / warmup
+    if cfg.optim.schedule == "constant":
+        return base
+    progress = (step - warmup) / max(total_steps - warmup, 1)
+    return base * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def train_one_epoch(
+    model: JointModel,
+    loader: DataLoader,
+    optimizer: torch.optim.Optimizer,
+    cfg: Config,
+    device: torch.device,
+    epoch: int,
+    step: int,
+    total_steps: int,
+    progress: bool = True,
+) -> tuple[dict[str, float], int]:
+    """One pass over the training loader. Returns per-clip mean metrics and the new step."""
+    model.train()
+    weights = loss_weights(cfg)
+    sums: dict[str, float] = {}
+    clips = 0
+    correct = 0
+    bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=not progress, mininterval=1.0)
+    for batch in bar:
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(cfg, step, total_steps, len(loader))
+        frames = batch["frames"].to(device, non_blocking=True)
+        labels = batch["label"].to(device, non_blocking=True)
+        logits, flows = model(add_input_noise(frames, cfg.augment.noise_std))
+        # the photometric loss compares the clean frames: the noise is an input augmentation
+        terms = joint_loss(logits, labels, flows, frames, model.triplet_stride, weights)
+        optimizer.zero_grad(set_to_none=True)
+        terms["total"].backward()
+        if cfg.optim.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+        optimizer.step()
+        step += 1
+        size = frames.shape[0]
+        clips += size
+        correct += int((logits.argmax(1) == labels).sum())
+        for key, value in terms.items():
+            sums[key] = sums.get(key, 0.0) + float(value.detach()) * size
+        bar.set_postfix(loss=f"{sums['total'] / clips:.3f}", acc=f"{correct / clips:.2f}")
+    metrics = {key: value / clips for key, value in sums.items()}
+    metrics["accuracy"] = correct / clips
+    metrics["lr"] = optimizer.param_groups[0]["lr"]
+    return metrics, step
+
+
+def _checkpoint_state(cfg, classes, model, optimizer, epoch, step, best) -> dict:
+    return {
+        "config": to_dict(cfg),
+        "classes": list(classes),
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "epoch": epoch,
+        "step": step,
+        "best": best,
+        "rng": rng_state(),
+    }
+
+
+def fit(
+    cfg: Config,
+    cache: ClipCache,
+    out: str | Path,
+    resume: bool = False,
+    progress: bool = True,
+    log=print,
+) -> dict:
+    """Train on ``cache`` into ``out``; validate every epoch; keep ``last.pt`` and ``best.pt``.
+
+    Returns a summary: the best validation metrics, epochs run and wall seconds.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    device = resolve_device(cfg.device)
+    classes = cache.classes
+    model = build_model(cfg, len(classes)).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    train_loader = make_loader(cfg, cache, cfg.data.train_split, "train", shuffle=True)
+    val_loader = make_loader(cfg, cache, cfg.data.val_split, "val")
+    start_epoch, step, best = 0, 0, {"val_accuracy": -1.0, "epoch": -1}
+    last_path = out / "last.pt"
+    if resume and last_path.is_file():
+        state = load_checkpoint(last_path, map_location=device)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_epoch, step, best = state["epoch"] + 1, state["step"], state["best"]
+        restore_rng(state["rng"])
+        log(f"resumed from {last_path} at epoch {start_epoch}")
+    logger = RunLogger(out)
+    total_steps = cfg.optim.epochs * len(train_loader)
+    started = time.time()
+    weights = loss_weights(cfg)
+    for epoch in range(start_epoch, cfg.optim.epochs):
+        train_loader.dataset.set_epoch(epoch)
+        # the loader's shuffle order depends on the epoch too, so a resumed run matches
+        train_loader.generator.manual_seed(cfg.seed * 1000 + epoch)
+        train_metrics, step = train_one_epoch(model, train_loader, optimizer, cfg, device, epoch, step, total_steps, progress)
+        result = run_evaluation(model, val_loader, device, weights, progress, desc="val")
+        val_metrics = {**result.losses, "accuracy": result.clip_accuracy, "epe": result.flow_epe}
+        logger.log(epoch, "train", train_metrics)
+        logger.log(epoch, "val", val_metrics)
+        plot_curves(logger.csv_path, out / "curves.png")
+        if val_metrics["accuracy"] > best["val_accuracy"]:
+            best = {"val_accuracy": val_metrics["accuracy"], "epoch": epoch, "val_epe": result.flow_epe}
+            save_checkpoint(out / "best.pt", _checkpoint_state(cfg, classes, model, optimizer, epoch, step, best))
+        save_checkpoint(last_path, _checkpoint_state(cfg, classes, model, optimizer, epoch, step, best))
+        epe = f" epe {result.flow_epe:.3f}" if result.flow_epe is not None else ""
+        log(
+            f"epoch {epoch:3d}  train loss {train_metrics['total']:.4f} acc {train_metrics['accuracy']:.3f}"
+            f" | val loss {val_metrics['total']:.4f} acc {val_metrics['accuracy']:.3f}{epe}"
+        )
+    logger.close()
+    return {"best": best, "epochs": cfg.optim.epochs, "wall_seconds": time.time() - started}
+
+
+def evaluate_checkpoint(
+    checkpoint: str | Path, cache: ClipCache, split: str, mode: str = "test", device: str = "auto", progress: bool = True
+) -> dict:
+    """Load a checkpoint (model built from the file alone) and score one split of a cache."""
+    from flowaction.config import from_dict
+
+    state = load_checkpoint(checkpoint)
+    cfg = from_dict(state["config"])
+    cfg.device = device
+    dev = resolve_device(device)
+    model = build_model(cfg, len(state["classes"])).to(dev)
+    model.load_state_dict(state["model"])
+    if list(state["classes"]) != list(cache.classes):
+        raise ValueError(f"the checkpoint's classes differ from the cache's ({checkpoint} vs {cache.root})")
+    loader = make_loader(cfg, cache, split, mode)
+    result = run_evaluation(model, loader, dev, loss_weights(cfg), progress, desc=split)
+    report = {
+        "split": split,
+        "clip_accuracy": result.clip_accuracy,
+        "num_clips": int(len(result.labels)),
+        "losses": result.losses,
+        "flow_epe": result.flow_epe,
+        "zero_flow_epe": result.zero_flow_epe,
+        **video_scores(result, len(cache.classes)),
+    }
+    report["classes"] = list(cache.classes)
+    return report

@@ -1,0 +1,63 @@
+import numpy as np
+import pytest
+import torch
+
+from flowaction.losses import LossWeights, charbonnier, joint_loss, photometric_loss, smoothness_loss
+
+
+def test_charbonnier_values():
+    x = torch.tensor([0.0, 1.0, -2.0])
+    assert torch.allclose(charbonnier(x, alpha=0.5, eps=0.0), x.abs())
+    assert charbonnier(torch.tensor(0.0), 0.45, 1e-3).item() == pytest.approx((1e-6) ** 0.45)
+    assert charbonnier(torch.tensor(3.0), 0.45, 1e-3).item() == pytest.approx((9 + 1e-6) ** 0.45)
+
+
+def test_smoothness_zero_for_constant_flow_and_positive_otherwise():
+    flow = torch.ones(2, 2, 10, 10) * torch.tensor([1.5, -0.5]).view(1, 2, 1, 1)
+    floor = 4 * (1e-6) ** 0.45  # four terms at zero gradient are eps^(2 alpha) each
+    assert smoothness_loss(flow).item() == pytest.approx(floor, rel=1e-4)
+    assert smoothness_loss(flow, eps=0.0).item() == 0.0
+    rough = flow + torch.randn_like(flow)
+    assert smoothness_loss(rough).item() > 0.5
+
+
+def test_photometric_loss_masks_out_of_frame_samples():
+    frame = torch.rand(1, 1, 16, 16)
+    # a flow that points everything 100 px away: nothing is in frame, the loss must not divide by 0
+    far = torch.full((1, 2, 16, 16), 100.0)
+    assert torch.isfinite(photometric_loss(frame, frame, far))
+    assert photometric_loss(frame, frame, far).item() == 0.0
+
+
+def test_photometric_loss_small_with_ground_truth_flow_of_generated_clip():
+    from flowaction.data.synthetic import SyntheticSpec, clip_rng, render_clip
+
+    spec = SyntheticSpec()
+    for label in range(spec.num_classes):
+        clip = render_clip(label, clip_rng(3, "test", label), spec)
+        frames = torch.from_numpy(clip.frames.astype(np.float32) / 255.0)
+        prev, cur = frames[:-1, None], frames[1:, None]
+        gt = torch.from_numpy(clip.flow)
+        valid = torch.from_numpy(clip.valid)[:, None].float()
+        with_gt = photometric_loss(prev, cur, gt, alpha=0.5, eps=0.0, extra_mask=valid).item()
+        with_zero = photometric_loss(prev, cur, torch.zeros_like(gt), alpha=0.5, eps=0.0, extra_mask=valid).item()
+        # alpha 0.5, eps 0: the mean absolute intensity error on valid pixels
+        assert with_gt < 0.01, (label, with_gt)
+        assert with_gt < 0.5 * with_zero, (label, with_gt, with_zero)
+
+
+def test_joint_loss_combines_the_terms_with_their_weights():
+    torch.manual_seed(0)
+    frames = torch.rand(2, 1, 7, 12, 12)
+    flows = torch.randn(2, 2, 3, 12, 12, requires_grad=True)
+    logits = torch.randn(2, 4, requires_grad=True)
+    labels = torch.tensor([1, 3])
+    weights = LossWeights(classification=0.5, photometric=2.0, smoothness=0.3)
+    terms = joint_loss(logits, labels, flows, frames, stride=2, weights=weights)
+    expected = 0.5 * terms["classification"] + 2.0 * terms["photometric"] + 0.3 * terms["smoothness"]
+    assert torch.allclose(terms["total"], expected)
+    # the photometric term pairs frame j*s with j*s+1 of each triplet, clip-major
+    prev = frames[:, :, [0, 2, 4]].transpose(1, 2).flatten(0, 1)
+    cur = frames[:, :, [1, 3, 5]].transpose(1, 2).flatten(0, 1)
+    direct = photometric_loss(prev, cur, flows.transpose(1, 2).flatten(0, 1))
+    assert torch.allclose(terms["photometric"], direct)
