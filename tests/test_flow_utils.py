@@ -88,8 +88,9 @@ def test_angular_error() -> None:
     flow = np.random.default_rng(2).normal(size=(2, 8, 8)) * 3
     assert flow_metrics(flow, flow)["angular_error"] == pytest.approx(0.0, abs=1e-5)
     # (1,0,1) vs (0,0,1): cos = 1/sqrt(2) -> 45 deg; (1,0,1) vs (0,1,1): cos = 1/2 -> 60 deg.
-    assert flow_metrics(constant_flow(1, 0), constant_flow(0, 0))["angular_error"] == pytest.approx(45.0)
-    assert flow_metrics(constant_flow(1, 0), constant_flow(0, 1))["angular_error"] == pytest.approx(60.0)
+    right, still, down = constant_flow(1, 0), constant_flow(0, 0), constant_flow(0, 1)
+    assert flow_metrics(right, still)["angular_error"] == pytest.approx(45.0)
+    assert flow_metrics(right, down)["angular_error"] == pytest.approx(60.0)
 
 
 def test_metrics_accept_torch_and_reject_bad_shapes() -> None:
@@ -127,8 +128,10 @@ def test_accumulator_is_pixel_weighted() -> None:
 
 def test_photometric_errors_true_flow_beats_zero_flow() -> None:
     frame0 = smooth_texture(56, 56)
-    # Whole-pixel shift: the warp reproduces frame0 exactly, leaving Charbonnier's floor eps^(2 alpha).
-    exact = photometric_errors(frame0, shifted(frame0, (2.0, -1.0)), constant_flow(2.0, -1.0, 56, 56))
+    # Whole-pixel shift: the warp gives frame0 back exactly, leaving Charbonnier's floor
+    # eps^(2 alpha).
+    whole = (2.0, -1.0)
+    exact = photometric_errors(frame0, shifted(frame0, whole), constant_flow(*whole, 56, 56))
     assert exact["l1"] < 1e-6
     assert exact["charbonnier"] == pytest.approx((1e-3**2) ** 0.45, rel=1e-3)
     # Sub-pixel shift: two bilinear interpolations leave ~0.01 of error (measured 0.0097).
@@ -222,7 +225,8 @@ def test_flow_to_color_zero_white_dimming_and_unknown() -> None:
     coded = flow_to_color(flow, valid=valid)
     assert (coded[0, 0] == 0).all() and (coded[1, 1] == 0).all() and coded[2, 2].max() == 255
     legend = color_wheel_legend(33)
-    assert legend.shape == (33, 33, 3) and (legend[16, 16] == 255).all() and (legend[0, 0] == 255).all()
+    assert legend.shape == (33, 33, 3)
+    assert (legend[16, 16] == 255).all() and (legend[0, 0] == 255).all()  # centre, outside
 
 
 # ---------------------------------------------------------------- panels and animations

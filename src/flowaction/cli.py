@@ -52,7 +52,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from flowaction.demo import run_demo
 
-    metrics = run_demo(args.out, preset=args.preset, overrides=args.overrides)
+    metrics = run_demo(args.out, preset=args.preset, overrides=args.overrides, resume=args.resume)
     print(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, (list, dict))}, indent=1))
     return 0
 
@@ -92,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="generate the benchmark, train the joint model, report")
     demo.add_argument("--out", type=Path, default=Path("runs/demo"))
     demo.add_argument("--preset", default="demo", help="demo (default) or tiny (seconds, for tests)")
+    demo.add_argument("--resume", action="store_true", help="continue an interrupted demo in OUT")
     _add_overrides(demo)
     demo.set_defaults(func=_cmd_demo)
 

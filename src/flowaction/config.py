@@ -125,7 +125,10 @@ def _coerce(key: str, value: Any, current: Any) -> Any:
     """Convert ``value`` (from YAML or a command-line string) to the type of ``current``."""
     target = type(current)
     if isinstance(value, str) and target is not str:
-        value = yaml.safe_load(value)
+        try:
+            value = float(value) if target is float else yaml.safe_load(value)
+        except ValueError:  # YAML 1.1 reads "3e-4" as text; float() does not
+            pass
     if target is bool:
         if isinstance(value, bool):
             return value

@@ -44,7 +44,8 @@ def read_flo(path: str | os.PathLike[str]) -> np.ndarray:
         raise ValueError(f"{path}: {len(data)} bytes is too short for a .flo header (12 bytes)")
     if data[:4] != FLO_MAGIC:
         raise ValueError(
-            f"{path}: not a .flo file (magic {data[:4]!r}, expected {FLO_MAGIC!r} = float 202021.25)"
+            f"{path}: not a .flo file (magic {data[:4]!r}, "
+            f"expected {FLO_MAGIC!r} = float 202021.25)"
         )
     width, height = (int(x) for x in np.frombuffer(data, dtype="<i4", count=2, offset=4))
     if not (0 < width <= _MAX_SIDE and 0 < height <= _MAX_SIDE):

@@ -39,7 +39,7 @@ def _to_numpy(array: Any) -> np.ndarray:
 
 
 def _prepare(pred: Any, gt: Any, valid: Any | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Check shapes and return ``(pred, gt, valid)``: float64 ``(..., 2, H, W)`` x2, bool ``(..., H, W)``."""
+    """Check shapes; return float64 ``pred``, ``gt`` ``(..., 2, H, W)`` and bool ``valid`` ``(..., H, W)``."""
     pred_np = _to_numpy(pred).astype(np.float64, copy=False)
     gt_np = _to_numpy(gt).astype(np.float64, copy=False)
     if pred_np.shape != gt_np.shape:
@@ -55,7 +55,8 @@ def _prepare(pred: Any, gt: Any, valid: Any | None) -> tuple[np.ndarray, np.ndar
             valid_np = np.broadcast_to(valid_np, pixel_shape)
         except ValueError:
             raise ValueError(
-                f"valid mask of shape {valid_np.shape} does not match flows' pixel shape {pixel_shape}"
+                f"valid mask of shape {valid_np.shape} does not match "
+                f"the flows' pixel shape {pixel_shape}"
             ) from None
     return pred_np, gt_np, valid_np
 
@@ -153,7 +154,7 @@ class FlowMetricAccumulator:
         return int(self._sums["count"])
 
     def update(self, pred: Any, gt: Any, valid: Any | None = None) -> None:
-        """Add one batch: ``pred`` / ``gt`` ``(..., 2, H, W)`` pixels, ``valid`` ``(..., H, W)`` bool."""
+        """Add a batch: ``pred``, ``gt`` ``(..., 2, H, W)`` pixels; ``valid`` ``(..., H, W)`` bool."""
         for key, value in _sums(pred, gt, valid).items():
             self._sums[key] += value
 

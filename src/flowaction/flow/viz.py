@@ -4,7 +4,7 @@ The colour coding is the one of Baker et al., "A Database and Evaluation Methodo
 Flow" (Middlebury): hue encodes direction on a 55-colour wheel (red -> yellow -> green -> cyan ->
 blue -> magenta -> red), saturation encodes speed relative to a maximum radius, and speeds beyond
 that radius are dimmed. With the project convention (u = +right, v = +down, image y axis down):
-right = red, down = yellow/orange, left = cyan/blue-green, up = blue/violet, zero = white.
+right = red, down = yellow, left = cyan, up = blue/violet, zero = white.
 Nothing here touches global matplotlib state: figures are built with the object-oriented API on
 an Agg canvas.
 """
@@ -20,15 +20,15 @@ from typing import Any
 import numpy as np
 
 __all__ = [
-    "make_color_wheel",
-    "flow_to_color",
-    "color_wheel_legend",
-    "flow_panel",
-    "flow_animation",
+    "make_color_wheel", "flow_to_color", "color_wheel_legend", "flow_panel", "flow_animation",
 ]
 
-# Colours per wheel segment (Baker et al.): chosen so that the hues are perceptually spread.
-_SEGMENTS = (("RY", 15), ("YG", 6), ("GC", 4), ("CB", 11), ("BM", 13), ("MR", 6))
+# Wheel segments (Baker et al.; uneven lengths spread the hues perceptually):
+# (name, number of colours, channel held at 255, channel that ramps, ramp up (+1) or down (-1)).
+_SEGMENTS = (
+    ("RY", 15, 0, 1, +1), ("YG", 6, 1, 0, -1), ("GC", 4, 1, 2, +1),
+    ("CB", 11, 2, 1, -1), ("BM", 13, 2, 0, +1), ("MR", 6, 0, 2, -1),
+)
 
 
 def make_color_wheel() -> np.ndarray:
@@ -37,10 +37,8 @@ def make_color_wheel() -> np.ndarray:
     Each segment holds one channel at 255 while another ramps linearly (``floor(255 * i / n)``)
     up or down, walking red -> yellow -> green -> cyan -> blue -> magenta -> back to red.
     """
-    # (channel held at 255, channel that ramps, ramp direction) for RY, YG, GC, CB, BM, MR.
-    recipe = ((0, 1, +1), (1, 0, -1), (1, 2, +1), (2, 1, -1), (2, 0, +1), (0, 2, -1))
     rows = []
-    for (_, count), (held, ramped, direction) in zip(_SEGMENTS, recipe):
+    for _, count, held, ramped, direction in _SEGMENTS:
         ramp = np.floor(255.0 * np.arange(count) / count)
         block = np.zeros((count, 3))
         block[:, held] = 255.0
@@ -140,7 +138,7 @@ def _kind(item: np.ndarray) -> str:
         return "rgb"
     if item.ndim == 2:
         return "scalar"
-    raise ValueError(f"cannot show an array of shape {item.shape}: expected (2,H,W), (H,W) or (H,W,3)")
+    raise ValueError(f"cannot show shape {item.shape}: expected (2,H,W), (H,W) or (H,W,3)")
 
 
 def flow_panel(
@@ -159,20 +157,17 @@ def flow_panel(
 
     Args:
         path: output PNG file.
-        rows: one row (a mapping column name -> array) or a sequence of them, e.g.
-            ``{"frame": I0, "learned flow": f, "DIS": g, "ground truth": gt, "warp error": e}``.
-            Columns appear in first-seen key order; a row missing a column leaves it blank.
-            Arrays: ``(2, H, W)`` flows (colour-coded), ``(H, W)`` scalar images, ``(H, W, 3)``
-            RGB images (uint8, or float in [0, 1]).
-        max_flow: flow speed (pixels) of full saturation. None: per row, the largest speed over
-            all flow cells of that row, so that the row's flows share one scale and compare.
-        cmaps: column name -> matplotlib colormap for scalar columns (e.g. ``{"warp error":
-            "magma"}``), autoscaled; other scalar columns are grey on [0, 1] (float) or
-            [0, 255] (uint8).
-        row_labels: optional label per row, drawn left of the first column.
-        legend: add a final "colour key" column (the wheel, titled with the row's max speed).
-        title: optional figure title.
-        cell_inches: size of one cell in inches; ``dpi``: output resolution.
+        rows: one row (mapping column name -> array) or a sequence of them, e.g. ``{"frame": I0,
+            "learned flow": f, "DIS": g, "ground truth": gt, "warp error": e}``. Columns appear
+            in first-seen key order; a row lacking a column leaves that cell blank. Arrays:
+            ``(2, H, W)`` flows (colour-coded), ``(H, W)`` scalar images, ``(H, W, 3)`` RGB.
+        max_flow: speed (pixels) of full saturation. None: per row, the largest speed over the
+            row's flow cells, so that the flows of a row share one scale and compare.
+        cmaps: column name -> colormap for scalar columns (``{"warp error": "magma"}``),
+            autoscaled; other scalar columns are grey on [0, 1] (float) or [0, 255] (uint8).
+        row_labels: optional label per row, left of the first column.
+        legend: add a "colour key" column (the wheel, titled with the row's max speed).
+        title: figure title; cell_inches: size of one cell; dpi: output resolution.
 
     Returns:
         The path written.
@@ -235,13 +230,6 @@ def flow_panel(
     return out
 
 
-def _gray_to_rgb_uint8(frame: np.ndarray) -> np.ndarray:
-    """``(H, W)`` uint8, or float in [0, 1] -> ``(H, W, 3)`` uint8."""
-    if frame.dtype != np.uint8:
-        frame = np.clip(np.rint(frame.astype(np.float64) * 255.0), 0, 255).astype(np.uint8)
-    return np.repeat(frame[..., None], 3, axis=2)
-
-
 def flow_animation(
     frames: Any,
     flows: Any,
@@ -276,15 +264,18 @@ def flow_animation(
     n_frames, height, width = frames_np.shape
     flows_np = np.stack([_to_numpy(f) for f in flows]).astype(np.float64)
     if flows_np.shape != (n_frames - 1, 2, height, width):
-        raise ValueError(f"flows must be ({n_frames - 1}, 2, {height}, {width}), got {flows_np.shape}")
+        expected = (n_frames - 1, 2, height, width)
+        raise ValueError(f"flows must have shape {expected}, got {flows_np.shape}")
     if max_flow is None:
         max_flow = _max_magnitude(list(flows_np)) or None
     if scale is None:
         scale = max(1, math.ceil(128 / height))
+    if frames_np.dtype != np.uint8:
+        frames_np = np.clip(np.rint(frames_np.astype(np.float64) * 255.0), 0, 255).astype(np.uint8)
 
     images = []
     for t in range(n_frames - 1):
-        left = _gray_to_rgb_uint8(frames_np[t])
+        left = np.repeat(frames_np[t][..., None], 3, axis=2)
         right = flow_to_color(flows_np[t], max_flow=max_flow)
         spacer = np.full((height * scale, gap, 3), 255, dtype=np.uint8)
         up = [np.repeat(np.repeat(x, scale, axis=0), scale, axis=1) for x in (left, right)]

@@ -1,0 +1,37 @@
+import pytest
+
+from flowaction.config import Config, ConfigError, from_dict, load_config, save_config, valid_keys
+
+
+def test_unknown_key_names_the_valid_keys():
+    with pytest.raises(ConfigError) as info:
+        from_dict({"optim": {"lrr": 0.1}})
+    message = str(info.value)
+    assert "optim.lrr" in message and "optim.lr" in message and "model.depth" in message
+
+
+def test_unknown_override_is_an_error():
+    with pytest.raises(ConfigError, match="valid keys"):
+        from_dict({}, ["model.dept=10"])
+
+
+def test_overrides_are_typed():
+    cfg = from_dict({}, ["optim.lr=3e-4", "model.depth=10", "augment.hflip=true", "data.cache=/x"])
+    assert cfg.optim.lr == pytest.approx(3e-4) and isinstance(cfg.optim.lr, float)
+    assert cfg.model.depth == 10 and cfg.augment.hflip is True and cfg.data.cache == "/x"
+    with pytest.raises(ConfigError, match="expected int"):
+        from_dict({}, ["model.depth=ten"])
+
+
+@pytest.mark.parametrize("override", ["model.depth=11", "model.shortcut=C", "optim.batch_size=0", "data.num_frames=2", "loss.smoothness=-1"])
+def test_invalid_values_are_rejected(override):
+    with pytest.raises(ConfigError):
+        from_dict({}, [override])
+
+
+def test_yaml_round_trip(tmp_path):
+    cfg = from_dict({"model": {"depth": 34}}, ["optim.epochs=3"])
+    save_config(cfg, tmp_path / "c.yaml")
+    again = load_config(tmp_path / "c.yaml")
+    assert again == cfg and again != Config()
+    assert "data.synthetic.num_classes" in valid_keys()
