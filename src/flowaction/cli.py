@@ -69,6 +69,35 @@ def _cmd_keys(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_prepare(args: argparse.Namespace) -> int:
+    from flowaction.data.prepare import prepare
+
+    if (args.height is None) != (args.width is None):
+        raise ValueError("give both --height and --width, or neither (then --size sets the short side)")
+    size = (args.height, args.width) if args.height is not None else args.size
+    report = prepare(
+        args.kind, args.root, args.out, splits_dir=args.splits, split=args.split, workers=args.workers,
+        size=size, min_frames=args.min_frames, shard_videos=args.shard_videos, val_fraction=args.val_fraction,
+        val_from_train=args.val_from_train, train_list=args.train_list, val_list=args.val_list, seed=args.seed,
+        progress=not args.no_progress, log=print,
+    )
+    height, width = report["frame_size"]
+    counts = "  ".join(f"{name} {count}" for name, count in report["videos"].items())
+    print(f"prepared {args.out}: {len(report['classes'])} classes, {height}x{width} frames; videos: {counts}")
+    print(
+        f"decoded {report['decoded_videos']} videos ({report['decoded_frames']} frames) in {report['seconds']:.1f} s: "
+        f"{report['frames_per_second']:.0f} frames/s; reused {report['reused_videos']} from finished shards"
+    )
+    if report["skipped"]:
+        print(f"skipped {len(report['skipped'])} video(s):")
+        for item in report["skipped"]:
+            print(f"  {item['path']}: {item['reason']}")
+    if "val" not in report["videos"]:
+        print("no val split: train with data.val_split=test (official protocol) or prepare with --val-from-train F")
+    print(f"wrote {Path(args.out) / 'prepare_report.json'} and {Path(args.out) / 'index.json'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="flowaction", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -95,6 +124,27 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--resume", action="store_true", help="continue an interrupted demo in OUT")
     _add_overrides(demo)
     demo.set_defaults(func=_cmd_demo)
+
+    prep = sub.add_parser("prepare", help="decode UCF101 / HMDB51 / folder-per-class videos into a clip cache")
+    prep.add_argument("kind", choices=("ucf101", "hmdb51", "folder"))
+    prep.add_argument("--root", type=Path, required=True, help="the videos: ROOT/<class>/<video>")
+    prep.add_argument("--out", type=Path, required=True, help="cache directory (a rerun resumes it)")
+    prep.add_argument("--splits", type=Path, default=None, help="official split files (default: found near ROOT)")
+    prep.add_argument("--split", type=int, default=1, help="official split 1-3 (ucf101, hmdb51)")
+    prep.add_argument("--workers", type=int, default=1, help="decoding processes, one per core")
+    prep.add_argument("--size", type=int, default=64, help="short side of the stored frames in pixels")
+    prep.add_argument("--height", type=int, default=None, help="exact stored height (with --width)")
+    prep.add_argument("--width", type=int, default=None, help="exact stored width (with --height)")
+    prep.add_argument("--min-frames", type=int, default=8, help="shorter videos are skipped and reported")
+    prep.add_argument("--shard-videos", type=int, default=128, help="videos per shard")
+    prep.add_argument("--val-fraction", type=float, default=0.2, help="folder: share of each class put in val")
+    prep.add_argument("--val-from-train", type=float, default=0.0,
+                      help="ucf101/hmdb51: share of each class's train videos moved to val (0: official protocol)")
+    prep.add_argument("--train-list", type=Path, default=None, help="folder: own train list (<class>/<file> lines)")
+    prep.add_argument("--val-list", type=Path, default=None, help="folder: own val list (<class>/<file> lines)")
+    prep.add_argument("--seed", type=int, default=0, help="seed of the val split")
+    prep.add_argument("--no-progress", action="store_true", help="no progress bar")
+    prep.set_defaults(func=_cmd_prepare)
 
     keys = sub.add_parser("keys", help="list every config key with its default")
     keys.set_defaults(func=_cmd_keys)

@@ -14,7 +14,7 @@ from flowaction.checkpoint import load_checkpoint, restore_rng, rng_state, save_
 from flowaction.config import Config, save_config, to_dict
 from flowaction.data.cache import ClipCache
 from flowaction.data.clips import ClipDataset, ClipSpec, JitterSpec, add_input_noise
-from flowaction.evaluate import run_evaluation, video_scores
+from flowaction.evaluate import gt_flow_for_model, run_evaluation, video_scores
 from flowaction.losses import LossWeights, joint_loss
 from flowaction.models.joint import JointModel, build_joint_model
 from flowaction.plots import plot_curves
@@ -89,6 +89,7 @@ def train_one_epoch(
     sums: dict[str, float] = {}
     clips = 0
     correct = 0
+    epe_sum = epe_count = 0.0
     bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=not progress, mininterval=1.0)
     for batch in bar:
         for group in optimizer.param_groups:
@@ -109,10 +110,18 @@ def train_one_epoch(
         correct += int((logits.argmax(1) == labels).sum())
         for key, value in terms.items():
             sums[key] = sums.get(key, 0.0) + float(value.detach()) * size
+        if "flow" in batch:  # generated data: score the flow being learnt against ground truth
+            with torch.no_grad():
+                gt, valid = gt_flow_for_model(batch["flow"].to(device), batch["valid"].to(device), flows.shape[2], model.triplet_stride)
+                mask = valid.float()
+                epe_sum += float((torch.linalg.vector_norm(flows.detach() - gt, dim=1) * mask).sum())
+                epe_count += float(mask.sum())
         bar.set_postfix(loss=f"{sums['total'] / clips:.3f}", acc=f"{correct / clips:.2f}")
     metrics = {key: value / clips for key, value in sums.items()}
     metrics["accuracy"] = correct / clips
     metrics["lr"] = optimizer.param_groups[0]["lr"]
+    if epe_count:
+        metrics["epe"] = epe_sum / epe_count
     return metrics, step
 
 
@@ -179,7 +188,10 @@ def fit(
         plot_curves(logger.csv_path, out / "curves.png")
         if val_metrics["accuracy"] > best["val_accuracy"]:
             best = {"val_accuracy": val_metrics["accuracy"], "epoch": epoch, "val_epe": result.flow_epe}
-            save_checkpoint(out / "best.pt", _checkpoint_state(cfg, classes, model, optimizer, epoch, step, best))
+            # best.pt is for evaluation: without the optimiser state it is a third of the size
+            best_state = _checkpoint_state(cfg, classes, model, optimizer, epoch, step, best)
+            best_state["optimizer"] = None
+            save_checkpoint(out / "best.pt", best_state)
         save_checkpoint(last_path, _checkpoint_state(cfg, classes, model, optimizer, epoch, step, best))
         epe = f" epe {result.flow_epe:.3f}" if result.flow_epe is not None else ""
         log(

@@ -21,7 +21,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
@@ -143,8 +143,17 @@ def finished_shards(cache_dir: Path) -> list[dict]:
     return manifests
 
 
-def write_index(cache_dir: Path, classes: list[str], meta: dict | None = None) -> dict:
-    """Gather the finished shards into ``index.json`` (written atomically, last)."""
+def write_index(
+    cache_dir: Path,
+    classes: list[str],
+    meta: dict | None = None,
+    select: Callable[[list[dict]], list[dict]] | None = None,
+) -> dict:
+    """Gather the finished shards into ``index.json`` (written atomically, last).
+
+    ``select`` may filter, relabel or reorder the gathered video records before they are indexed
+    (``prepare`` uses it to index only the videos of its split plan, in a fixed order).
+    """
     manifests = finished_shards(cache_dir)
     if not manifests:
         raise ValueError(f"{cache_dir}: no finished shard to index")
@@ -152,6 +161,10 @@ def write_index(cache_dir: Path, classes: list[str], meta: dict | None = None) -
     if len(sizes) != 1:
         raise ValueError(f"{cache_dir}: shards have different frame sizes {sorted(sizes)}")
     videos = [v for m in manifests for v in m["videos"]]
+    if select is not None:
+        videos = select(videos)
+        if not videos:
+            raise ValueError(f"{cache_dir}: no video left to index")
     index = {
         "format": CACHE_FORMAT,
         "classes": list(classes),

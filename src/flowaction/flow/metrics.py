@@ -39,7 +39,7 @@ def _to_numpy(array: Any) -> np.ndarray:
 
 
 def _prepare(pred: Any, gt: Any, valid: Any | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Check shapes; return float64 ``pred``, ``gt`` ``(..., 2, H, W)`` and bool ``valid`` ``(..., H, W)``."""
+    """Check shapes; return float64 pred, gt ``(..., 2, H, W)`` and bool valid ``(..., H, W)``."""
     pred_np = _to_numpy(pred).astype(np.float64, copy=False)
     gt_np = _to_numpy(gt).astype(np.float64, copy=False)
     if pred_np.shape != gt_np.shape:
@@ -154,7 +154,7 @@ class FlowMetricAccumulator:
         return int(self._sums["count"])
 
     def update(self, pred: Any, gt: Any, valid: Any | None = None) -> None:
-        """Add a batch: ``pred``, ``gt`` ``(..., 2, H, W)`` pixels; ``valid`` ``(..., H, W)`` bool."""
+        """Add a batch: pred, gt ``(..., 2, H, W)`` in pixels; valid ``(..., H, W)`` bool."""
         for key, value in _sums(pred, gt, valid).items():
             self._sums[key] += value
 

@@ -39,10 +39,11 @@ class FlowNet(nn.Module):
         self.enc2 = nn.Sequential(_conv(c2, c3, stride=2), _conv(c3, c3))  # 1/4
         self.enc3 = nn.Sequential(_conv(c3, c4, stride=2), _conv(c4, c4))  # 1/8
         self.predict3 = nn.Conv2d(c4, 2, 3, padding=1)
-        self.dec2 = _conv(c4 + c3 + 2, c3)
-        self.predict2 = nn.Conv2d(c3, 2, 3, padding=1)
-        self.dec1 = _conv(c3 + c2 + 2, c2)
-        self.predict1 = nn.Conv2d(c2, 2, 3, padding=1)
+        # narrow decoder: at 1/4 and 1/2 resolution it dominates the cost, so it stays thin
+        self.dec2 = _conv(c4 + c3 + 2, c2)
+        self.predict2 = nn.Conv2d(c2, 2, 3, padding=1)
+        self.dec1 = _conv(c2 + c2 + 2, c1)
+        self.predict1 = nn.Conv2d(c1, 2, 3, padding=1)
         for predictor in (self.predict3, self.predict2, self.predict1):
             # start from zero flow: the identity warp is the natural initial guess
             nn.init.zeros_(predictor.weight)

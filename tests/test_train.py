@@ -1,0 +1,92 @@
+import json
+
+import pytest
+import torch
+
+from flowaction.checkpoint import load_checkpoint, save_checkpoint
+from flowaction.cli import main
+from flowaction.config import from_dict
+from flowaction.data.synthetic import CLASS_NAMES
+from flowaction.run import open_data
+from flowaction.evaluate import run_evaluation
+from flowaction.train import build_model, fit, loss_weights, make_loader, train_one_epoch
+
+TINY = [
+    "data.synthetic.num_classes=4", "data.synthetic.size=36", "data.synthetic.num_frames=7",
+    "data.synthetic.train_per_class=2", "data.synthetic.val_per_class=1", "data.synthetic.test_per_class=1",
+    "data.num_frames=7", "data.crop=32", "data.test_clips=1", "model.depth=10", "model.flow_width=8",
+    "model.triplet_stride=2", "optim.batch_size=8",
+]
+
+
+def test_tiny_run_overfits_a_few_clips(tmp_path):
+    # no augmentation, no crop jitter, constant learning rate: 8 clips of 4 classes are learnt
+    # by heart, measured in eval mode on the same clips
+    cfg = from_dict({}, TINY + [
+        "optim.lr=2e-3", "optim.schedule=constant", "augment.noise_std=0", "augment.brightness=0",
+        "augment.contrast=0", "augment.gamma=0", "data.crop=36",
+    ])
+    torch.manual_seed(0)
+    cache = open_data(cfg, tmp_path)
+    model = build_model(cfg, len(cache.classes))
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr)
+    loader = make_loader(cfg, cache, "train", "train", shuffle=True)
+    step = 0
+    for epoch in range(40):
+        metrics, step = train_one_epoch(model, loader, optimizer, cfg, torch.device("cpu"), epoch, step, 40, progress=False)
+    result = run_evaluation(model, make_loader(cfg, cache, "train", "val"), torch.device("cpu"), loss_weights(cfg), progress=False)
+    assert metrics["accuracy"] == 1.0
+    assert result.clip_accuracy == 1.0
+
+
+def test_train_writes_run_directory_and_resumes(tmp_path):
+    out = tmp_path / "run"
+    args = ["train", "--out", str(out), *TINY, "optim.epochs=1", f"data.synthetic_dir={tmp_path / 'data'}"]
+    assert main(args) == 0
+    for name in ("config.yaml", "metrics.csv", "curves.png", "last.pt", "best.pt"):
+        assert (out / name).is_file(), name
+    assert any((out / "tensorboard").iterdir())
+    state = load_checkpoint(out / "last.pt")
+    assert state["epoch"] == 0 and state["classes"] == list(CLASS_NAMES[:4])
+    # resuming with more epochs continues at epoch 1 instead of starting again
+    args[args.index("optim.epochs=1")] = "optim.epochs=2"
+    assert main(args + ["--resume"]) == 0
+    state = load_checkpoint(out / "last.pt")
+    assert state["epoch"] == 1 and state["step"] == 2
+    rows = (out / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 1 + 4  # header + (train, val) x 2 epochs
+
+
+def test_config_typo_is_reported_with_valid_keys(tmp_path, capsys):
+    assert main(["train", "--out", str(tmp_path), "optim.lrr=1"]) == 2
+    err = capsys.readouterr().err
+    assert "optim.lrr" in err and "optim.lr" in err
+
+
+def test_checkpoint_is_atomic_and_weights_only(tmp_path):
+    path = tmp_path / "c.pt"
+    save_checkpoint(path, {"model": {"w": torch.ones(2)}, "config": {}, "classes": ["a"]})
+    assert not (tmp_path / "c.pt.tmp").exists()
+    assert torch.equal(load_checkpoint(path)["model"]["w"], torch.ones(2))
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("executed",))
+
+    torch.save({"format": 1, "model": Evil()}, tmp_path / "evil.pt")
+    with pytest.raises(ValueError, match="not a readable"):
+        load_checkpoint(tmp_path / "evil.pt")
+    (tmp_path / "cut.pt").write_bytes(path.read_bytes()[:50])
+    with pytest.raises(ValueError):
+        load_checkpoint(tmp_path / "cut.pt")
+
+
+def test_demo_end_to_end_tiny(tmp_path):
+    out = tmp_path / "demo"
+    assert main(["demo", "--preset", "tiny", "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    for key in ("test_accuracy", "flow_epe", "zero_flow_epe", "dis_epe", "wall_seconds"):
+        assert isinstance(metrics[key], float), key
+    assert 0.0 <= metrics["test_accuracy"] <= 1.0 and metrics["zero_flow_epe"] > 0
+    for name in ("flows.png", "curves.png", "confusion.png", "eval.json", "best.pt"):
+        assert (out / name).is_file(), name
