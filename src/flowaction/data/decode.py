@@ -170,7 +170,8 @@ def decode_gray(
                     cover = cover_size(frame.height, frame.width, out_h, out_w)
                 frames.append(np.ascontiguousarray(_crop(convert(frame, cover, state), out_h, out_w)))
         except Exception as error:
-            raise DecodeError(f"decoding failed after {len(frames)} frames ({type(error).__name__}: {error})") from error
+            reason = f"decoding failed after {len(frames)} frames ({type(error).__name__}: {error})"
+            raise DecodeError(reason) from error
     if not frames:
         raise DecodeError("no frames decoded")
     return DecodedVideo(np.stack(frames), fps, shape)

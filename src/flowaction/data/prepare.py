@@ -108,7 +108,8 @@ def run_tasks(tasks: Iterable[Task], settings: WorkerSettings, worker: int, emit
     for task in tasks:
         emit(("start", task.path))
         try:
-            decoded = decode_mod.decode_gray(Path(settings.root) / task.path, settings.size, settings.method, settings.threads)
+            path = Path(settings.root) / task.path
+            decoded = decode_mod.decode_gray(path, settings.size, settings.method, settings.threads)
         except decode_mod.DecodeError as error:
             emit(("skip", task.path, str(error)))
             continue

@@ -123,7 +123,7 @@ def ucf101_splits(root: Path, splits_dir: Path | None = None, split: int = 1) ->
             path = _rel(path.strip())
             cls = PurePosixPath(path).parts[0] if "/" in path else ""
             if cls not in known:
-                raise SplitError(f"{files[name]}: {path!r} names class folder {cls!r}, which classInd.txt does not list")
+                raise SplitError(f"{files[name]}: {path!r} names class folder {cls!r}, not listed in classInd.txt")
             if label is not None and numbered.get(int(label)) != cls:
                 raise SplitError(f"{files[name]}: {path!r} has label {label}, but classInd.txt gives {cls} another")
             if path in seen:

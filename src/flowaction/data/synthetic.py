@@ -28,6 +28,7 @@ import math
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import cv2
 import numpy as np
@@ -75,7 +76,9 @@ class SyntheticSpec:
         if self.num_frames < 2:
             raise ValueError(f"num_frames must be >= 2, got {self.num_frames}")
         if not 1 <= self.num_classes <= len(CLASS_NAMES):
-            raise ValueError(f"num_classes must be in [1, {len(CLASS_NAMES)}], got {self.num_classes}")
+            raise ValueError(
+                f"num_classes must be in [1, {len(CLASS_NAMES)}], got {self.num_classes}"
+            )
         pairs = {
             "speed": (self.min_speed, self.max_speed),
             "rotation_deg": (self.min_rotation_deg, self.max_rotation_deg),
@@ -94,11 +97,16 @@ class SyntheticSpec:
                 raise ValueError(f"{name} range must satisfy 0 <= lo <= hi, got ({lo}, {hi})")
         if self.num_objects[0] < 1:
             raise ValueError("num_objects must allow at least one object")
-        if self.radius[0] <= 0 or self.radius[1] >= 0.5:
+        if self.radius[0] <= 0 or self.radius[1] * self.size > self.size / 2 - 1:
             # An object wider than the torus period would overlap its own wrapped copy.
-            raise ValueError(f"radius fractions must lie in (0, 0.5), got {self.radius}")
-        if self.min_scale_rate <= 0 and self.num_classes > CLASS_NAMES.index("expand"):
-            raise ValueError("min_scale_rate must be > 0 when expand/contract classes are used")
+            raise ValueError(f"radius fractions must be > 0 and leave objects narrower than the "
+                             f"frame (radius <= size/2 - 1 px), got {self.radius}")
+        if self.oscillation_period[0] <= 0:
+            raise ValueError("oscillation_period must be > 0 frames")
+        scaling = self.num_classes > CLASS_NAMES.index("expand")
+        if scaling and (self.min_scale_rate <= 0 or self.radius[0] >= self.radius[1]):
+            # Scaling objects cycle through the radius range, which must then be non-empty.
+            raise ValueError("expand/contract need min_scale_rate > 0 and radius[0] < radius[1]")
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -129,7 +137,7 @@ class _Track:
     """One object: appearance plus per-frame pose. Centres are unwrapped (world = torus)."""
 
     shape: str
-    aspect: float  # ellipse minor axis / rectangle angle parameter
+    aspect: float  # ellipse: minor/major axis ratio; rectangle: corner angle in radians
     texture: np.ndarray  # (N, N) float32 grey levels over [-1.1, 1.1]^2 normalised coords
     centre: np.ndarray  # (T, 2) float64 pixels (x, y), unwrapped
     angle: np.ndarray  # (T,) radians; positive = clockwise on screen (y points down)
@@ -177,7 +185,9 @@ def _smooth_texture(
     return (mean + contrast * tex).astype(np.float32)
 
 
-def _draw_appearance(rng: np.random.Generator, spec: SyntheticSpec, tex_side: int) -> dict:
+def _draw_appearance(
+    rng: np.random.Generator, spec: SyntheticSpec, tex_side: int
+) -> dict[str, Any]:
     """Class-independent appearance of one object (all draws happen before any motion draw)."""
     lo, hi = spec.radius[0] * spec.size, spec.radius[1] * spec.size
     shape = _SHAPES[int(rng.integers(len(_SHAPES)))]
@@ -193,7 +203,9 @@ def _draw_appearance(rng: np.random.Generator, spec: SyntheticSpec, tex_side: in
     }
 
 
-def _make_track(app: dict, name: str, rng: np.random.Generator, spec: SyntheticSpec) -> _Track:
+def _make_track(
+    app: dict[str, Any], name: str, rng: np.random.Generator, spec: SyntheticSpec
+) -> _Track:
     """Attach the motion of class ``name`` to one object's appearance; pose at t=0 is unchanged."""
     t = np.arange(spec.num_frames, dtype=np.float64)
     centre = np.tile(app["centre0"], (spec.num_frames, 1))
@@ -217,6 +229,7 @@ def _make_track(app: dict, name: str, rng: np.random.Generator, spec: SyntheticS
         # Cyclic position in the log-radius range; its floor counts respawns.
         phase = (math.log(app["radius0"]) - log_lo) / span + rate * t / span
         radius = np.exp(log_lo + span * (phase - np.floor(phase)))
+        radius[0] = app["radius0"]  # bit-exact frame 0, identical to the other classes
         next_radius = radius[:-1] * math.exp(rate)
         respawn = np.floor(phase[1:]) != np.floor(phase[:-1])
     elif name in ("oscillate_h", "oscillate_v"):
