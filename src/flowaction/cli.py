@@ -98,6 +98,35 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_flow(args: argparse.Namespace) -> int:
+    from flowaction.data.decode import DecodeError
+    from flowaction.flowcmd import run_flow
+
+    if args.stride != "train" and not (args.stride.isdigit() and int(args.stride) >= 1):
+        raise ValueError(f"--stride must be a positive integer or 'train', got {args.stride!r}")
+    try:
+        summary = run_flow(
+            args.video, args.out, args.method, args.checkpoint, size=args.size, crop=args.crop,
+            stride=None if args.stride == "train" else int(args.stride), max_frames=args.max_frames,
+            batch_size=args.batch_size, device=args.device, progress=not args.no_progress, log=print,
+        )
+    except DecodeError as error:  # a corrupt or unsupported file is a user error, not a crash
+        print(f"flowaction flow: error: {args.video}: cannot decode video: {error}", file=sys.stderr)
+        return 2
+    def number(value: float | None) -> str:  # None: no pixel stayed inside the frame
+        return "n/a" if value is None else f"{value:.4f}"
+
+    for name, row in summary["methods"].items():
+        print(
+            f"{name:>9}: photometric charbonnier {number(row['charbonnier'])}  l1 {number(row['l1'])}  "
+            f"{row['ms_per_pair']:.2f} ms/pair  mean |flow| {row['mean_speed_px']:.2f} px"
+        )
+    zero = summary["zero_flow"]
+    print(f"zero flow: photometric charbonnier {number(zero['charbonnier'])}  l1 {number(zero['l1'])}")
+    print(f"wrote {summary['num_pairs']} pairs per method under {Path(args.out)} (summary.json, panel.png, GIFs, flo/)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="flowaction", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -145,6 +174,22 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--seed", type=int, default=0, help="seed of the val split")
     prep.add_argument("--no-progress", action="store_true", help="no progress bar")
     prep.set_defaults(func=_cmd_prepare)
+
+    flow = sub.add_parser("flow", help="optical flow of a video (learned, DIS, Farneback): .flo, GIFs, panel, summary")
+    flow.add_argument("video", type=Path, help="any video file PyAV decodes")
+    flow.add_argument("--checkpoint", type=Path, default=None, help="needed for --method learned / all")
+    flow.add_argument("--out", type=Path, required=True, help="output directory")
+    flow.add_argument("--method", choices=("learned", "dis", "farneback", "all"), default="learned")
+    flow.add_argument("--size", type=int, default=None, help="short side to decode at (default: the training's)")
+    flow.add_argument("--crop", type=int, default=None,
+                      help="centre-crop side (default: the checkpoint's data.crop; 0: whole frame)")
+    flow.add_argument("--stride", default="1",
+                      help="triplet stride: 1 = a flow per frame; 'train' = the checkpoint's model.triplet_stride")
+    flow.add_argument("--max-frames", type=int, default=None, help="use only the first N frames")
+    flow.add_argument("--batch-size", type=int, default=32, help="triplets per forward pass")
+    flow.add_argument("--device", default="auto")
+    flow.add_argument("--no-progress", action="store_true", help="no progress bar")
+    flow.set_defaults(func=_cmd_flow)
 
     keys = sub.add_parser("keys", help="list every config key with its default")
     keys.set_defaults(func=_cmd_keys)

@@ -35,7 +35,11 @@ class FlowNet(nn.Module):
         self.in_frames = in_frames
         # 3D conv over time without temporal padding: (N, 1, 3, H, W) -> (N, c1, 1, H/2, W/2)
         self.stem = nn.Conv3d(1, c1, kernel_size=(in_frames, 5, 5), stride=(1, 2, 2), padding=(0, 2, 2))
-        self.enc1 = _conv(c1, c2)  # 1/2
+        # the stem's features enter twice: as they are and as products of channel pairs.
+        # Flow is a second-order function of the frames (temporal change times spatial
+        # gradient, as in Lucas-Kanade); a product layer gives the network that directly, where
+        # a ReLU network starting from zero flow sits on a long plateau before finding it.
+        self.enc1 = _conv(c1 + c1 // 2, c2)  # 1/2
         self.enc2 = nn.Sequential(_conv(c2, c3, stride=2), _conv(c3, c3))  # 1/4
         self.enc3 = nn.Sequential(_conv(c3, c4, stride=2), _conv(c4, c4))  # 1/8
         self.predict3 = nn.Conv2d(c4, 2, 3, padding=1)
@@ -70,7 +74,9 @@ class FlowNet(nn.Module):
         if triplets.dim() != 5 or triplets.shape[2] != self.in_frames:
             raise ValueError(f"expected (N, 1, {self.in_frames}, H, W), got {tuple(triplets.shape)}")
         height, width = triplets.shape[-2:]
-        x0 = F.leaky_relu(self.stem(triplets).squeeze(2), 0.1)
+        stem = self.stem(triplets).squeeze(2)
+        half = stem.shape[1] // 2
+        x0 = torch.cat((F.leaky_relu(stem, 0.1), stem[:, :half] * stem[:, half : 2 * half]), dim=1)
         x1 = self.enc1(x0)
         x2 = self.enc2(x1)
         x3 = self.enc3(x2)
