@@ -60,16 +60,21 @@ class ModelConfig:
     shortcut: str = "B"
     flow_width: int = 16
     triplet_stride: int = 3
+    input: str = "learned"  # learned | learned+frames | frames | dis | farneback
 
 
 @dataclass
 class LossConfig:
     classification: float = 1.0
     photometric: float = 1.0
-    smoothness: float = 0.1
+    smoothness: float = 0.01
     alpha: float = 0.45
     eps: float = 1e-3
     smooth_alpha: float = 0.45
+    data_term: str = "charbonnier"  # charbonnier (the paper) | census | ssim
+    edge_aware: float = 0.0  # beta of edge-aware smoothness; 0 = the paper's plain smoothness
+    multiscale: bool = False  # photometric loss on the flow network's coarser flows too
+    occlusion: bool = False  # forward-backward occlusion masks (runs the flow network twice)
 
 
 @dataclass
@@ -81,6 +86,7 @@ class OptimConfig:
     grad_clip: float = 10.0
     schedule: str = "cosine"  # cosine | constant
     warmup_epochs: float = 0.0
+    flow_pretrain_epochs: int = 0  # > 0: two-stage training (flow first, then the classifier)
 
 
 @dataclass
@@ -99,6 +105,8 @@ _CHOICES = {
     "model.depth": (10, 18, 34, 50),
     "model.shortcut": ("A", "B"),
     "optim.schedule": ("cosine", "constant"),
+    "model.input": ("learned", "learned+frames", "frames", "dis", "farneback"),
+    "loss.data_term": ("charbonnier", "census", "ssim"),
 }
 _POSITIVE = {
     "data.num_frames", "data.frame_step", "data.crop", "data.test_clips", "model.flow_width",

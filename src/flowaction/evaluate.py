@@ -10,7 +10,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from flowaction.losses import LossWeights, joint_loss
+from flowaction.forward import forward_batch
+from flowaction.losses import LossWeights
 
 
 @dataclass
@@ -63,18 +64,15 @@ def run_evaluation(
     probs, videos, labels = [], [], []
     stride = getattr(model, "triplet_stride", 1)
     for batch in tqdm(loader, desc=desc, leave=False, disable=not progress, mininterval=1.0):
-        frames = batch["frames"].to(device, non_blocking=True)
-        target = batch["label"].to(device)
-        logits, flows = model(frames)
-        terms = joint_loss(logits, target, flows, frames, stride, weights)
-        size = frames.shape[0]
+        logits, flows, terms = forward_batch(model, batch, device, weights)
+        size = logits.shape[0]
         for key, value in terms.items():
             totals[key] = totals.get(key, 0.0) + float(value) * size
         clips += size
         probs.append(torch.softmax(logits.float(), 1).cpu().numpy())
         videos.append(batch["video"].numpy())
         labels.append(batch["label"].numpy())
-        if "flow" in batch:
+        if "flow" in batch and flows is not None:
             gt, valid = gt_flow_for_model(batch["flow"].to(device), batch["valid"].to(device), flows.shape[2], stride)
             mask = valid.float()
             epe_sum += float((torch.linalg.vector_norm(flows.float() - gt, dim=1) * mask).sum())

@@ -1,6 +1,7 @@
 """Training: ``train_one_epoch``, ``fit`` and ``main(cfg, out)``; one joint loss, one optimiser."""
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from pathlib import Path
@@ -13,10 +14,11 @@ from tqdm import tqdm
 from flowaction.checkpoint import load_checkpoint, restore_rng, rng_state, save_checkpoint
 from flowaction.config import Config, save_config, to_dict
 from flowaction.data.cache import ClipCache
-from flowaction.data.clips import ClipDataset, ClipSpec, JitterSpec, add_input_noise
+from flowaction.data.clips import ClipDataset, ClipSpec, JitterSpec
 from flowaction.evaluate import gt_flow_for_model, run_evaluation, video_scores
-from flowaction.losses import LossWeights, joint_loss
-from flowaction.models.joint import JointModel, build_joint_model
+from flowaction.forward import forward_batch
+from flowaction.losses import LossWeights
+from flowaction.models.joint import build_joint_model
 from flowaction.plots import plot_curves
 from flowaction.runlog import RunLogger
 
@@ -30,12 +32,31 @@ def resolve_device(name: str) -> torch.device:
 def build_model(cfg: Config, num_classes: int) -> JointModel:
     """The model a config describes."""
     m = cfg.model
-    return build_joint_model(num_classes, m.depth, m.shortcut, m.flow_width, m.triplet_stride)
+    return build_joint_model(num_classes, m.depth, m.shortcut, m.flow_width, m.triplet_stride, m.input)
 
 
 def loss_weights(cfg: Config) -> LossWeights:
     c = cfg.loss
-    return LossWeights(c.classification, c.photometric, c.smoothness, c.alpha, c.eps, c.smooth_alpha)
+    return LossWeights(
+        c.classification, c.photometric, c.smoothness, c.alpha, c.eps, c.smooth_alpha,
+        c.data_term, c.edge_aware, c.multiscale, c.occlusion,
+    )
+
+
+def stage_weights(cfg: Config, epoch: int) -> tuple[LossWeights, bool]:
+    """Loss weights of an epoch and whether the flow network is frozen.
+
+    With ``optim.flow_pretrain_epochs = E > 0`` (two-stage training, as in Hidden Two-Stream),
+    epochs ``< E`` train the flow network on the unsupervised terms alone; later epochs freeze it
+    and train the classifier on cross-entropy alone. Otherwise every epoch uses eq. 3 as is.
+    """
+    weights = loss_weights(cfg)
+    pretrain = cfg.optim.flow_pretrain_epochs
+    if pretrain <= 0:
+        return weights, False
+    if epoch < pretrain:
+        return dataclasses.replace(weights, classification=0.0), False
+    return dataclasses.replace(weights, photometric=0.0, smoothness=0.0), True
 
 
 def clip_spec(cfg: Config) -> ClipSpec:
@@ -47,7 +68,12 @@ def make_loader(cfg: Config, cache: ClipCache, split: str, mode: str, shuffle: b
     """A loader over one split; ``mode`` is train / val / test (see ``data.clips``)."""
     a = cfg.augment
     jitter = JitterSpec(a.brightness, a.contrast, a.gamma, a.hflip)
-    dataset = ClipDataset(cache, split, mode, clip_spec(cfg), jitter, seed=cfg.seed)
+    classical = cfg.model.input if cfg.model.input in ("dis", "farneback") else None
+    if classical:
+        from flowaction.data.classical_cache import ensure_classical_flow
+
+        ensure_classical_flow(cache, classical)
+    dataset = ClipDataset(cache, split, mode, clip_spec(cfg), jitter, seed=cfg.seed, classical=classical)
     generator = torch.Generator().manual_seed(cfg.seed)
     return DataLoader(
         dataset,
@@ -73,7 +99,7 @@ def learning_rate(cfg: Config, step: int, total_steps: int, steps_per_epoch: int
 
 
 def train_one_epoch(
-    model: JointModel,
+    model: torch.nn.Module,
     loader: DataLoader,
     optimizer: torch.optim.Optimizer,
     cfg: Config,
@@ -85,7 +111,9 @@ def train_one_epoch(
 ) -> tuple[dict[str, float], int]:
     """One pass over the training loader. Returns per-clip mean metrics and the new step."""
     model.train()
-    weights = loss_weights(cfg)
+    weights, freeze_flow = stage_weights(cfg, epoch)
+    if freeze_flow:
+        model.flow_net.requires_grad_(False)
     sums: dict[str, float] = {}
     clips = 0
     correct = 0
@@ -94,25 +122,22 @@ def train_one_epoch(
     for batch in bar:
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(cfg, step, total_steps, len(loader))
-        frames = batch["frames"].to(device, non_blocking=True)
-        labels = batch["label"].to(device, non_blocking=True)
-        logits, flows = model(add_input_noise(frames, cfg.augment.noise_std))
-        # the photometric loss compares the clean frames: the noise is an input augmentation
-        terms = joint_loss(logits, labels, flows, frames, model.triplet_stride, weights)
+        logits, flows, terms = forward_batch(model, batch, device, weights, cfg.augment.noise_std, freeze_flow)
+        labels = batch["label"].to(device)
         optimizer.zero_grad(set_to_none=True)
         terms["total"].backward()
         if cfg.optim.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
         optimizer.step()
         step += 1
-        size = frames.shape[0]
+        size = labels.shape[0]
         clips += size
         correct += int((logits.argmax(1) == labels).sum())
         for key, value in terms.items():
             sums[key] = sums.get(key, 0.0) + float(value.detach()) * size
-        if "flow" in batch:  # generated data: score the flow being learnt against ground truth
+        if "flow" in batch and flows is not None:  # generated data: score the flow being learnt against ground truth
             with torch.no_grad():
-                gt, valid = gt_flow_for_model(batch["flow"].to(device), batch["valid"].to(device), flows.shape[2], model.triplet_stride)
+                gt, valid = gt_flow_for_model(batch["flow"].to(device), batch["valid"].to(device), flows.shape[2], cfg.model.triplet_stride)
                 mask = valid.float()
                 epe_sum += float((torch.linalg.vector_norm(flows.detach() - gt, dim=1) * mask).sum())
                 epe_count += float(mask.sum())

@@ -248,6 +248,13 @@ class ClipCache:
         valid = self._array(record["shard"], "valid")[rows].astype(bool)
         return flow, valid
 
+    def classical(self, video: int, indices: Iterable[int], method: str) -> np.ndarray:
+        """Precomputed OpenCV flow ``(n, 2, H, W)`` float32 of pairs ``(i, i + 1)`` (see
+        ``data.classical_cache``)."""
+        record = self.videos[video]
+        rows = record["start"] + np.asarray(list(indices), dtype=np.int64)
+        return self._array(record["shard"], method)[rows].astype(np.float32)
+
     def __getstate__(self) -> dict:
         # memory maps are reopened in each worker rather than pickled
         return {"root": self.root, "index": self.index, "_maps": {}}

@@ -87,7 +87,8 @@ class ClipDataset(Dataset):
 
     Items are dicts: ``frames`` ``(1, T, crop, crop)`` float32 in [0, 1]; ``label``; ``video``
     (index into the cache); and, when the cache holds ground truth and ``frame_step == 1``,
-    ``flow`` ``(T - 1, 2, crop, crop)`` (pair ``t`` -> ``t + 1``) and ``valid`` ``(T - 1, crop, crop)``.
+    ``flow`` ``(T - 1, 2, crop, crop)`` (pair ``t`` -> ``t + 1``) and ``valid`` ``(T - 1, crop, crop)``;
+    with ``classical`` ("dis" / "farneback"), ``classical`` ``(T - 1, 2, crop, crop)`` from the cache.
     In ``test`` mode there are ``K`` items per video.
     """
 
@@ -100,6 +101,7 @@ class ClipDataset(Dataset):
         jitter: JitterSpec | None = None,
         seed: int = 0,
         videos: list[int] | None = None,
+        classical: str | None = None,
     ) -> None:
         self.cache = cache
         self.mode = mode
@@ -116,6 +118,9 @@ class ClipDataset(Dataset):
         if clip.crop > min(height, width):
             raise ValueError(f"crop {clip.crop} exceeds the cached frame size {height}x{width}")
         self.with_flow = cache.with_flow and clip.frame_step == 1
+        if classical and clip.frame_step != 1:
+            raise ValueError("precomputed classical flow relates consecutive frames: use frame_step 1")
+        self.classical = classical
 
     def set_epoch(self, epoch: int) -> None:
         """Vary the random draws between epochs while staying reproducible."""
@@ -159,6 +164,14 @@ class ClipDataset(Dataset):
                 valid = valid[..., ::-1]
             sample["flow"] = torch.from_numpy(np.ascontiguousarray(flow))
             sample["valid"] = torch.from_numpy(np.ascontiguousarray(valid))
+        if self.classical:
+            pair_flow = self.cache.classical(video, indices[:-1], self.classical)
+            pair_flow = pair_flow[(slice(None), slice(None), *window)]
+            pair_flow[indices[1:] == indices[:-1]] = 0.0
+            if flip:
+                pair_flow = pair_flow[..., ::-1].copy()
+                pair_flow[:, 0] *= -1.0
+            sample["classical"] = torch.from_numpy(np.ascontiguousarray(pair_flow))
         if flip:
             clip = clip[..., ::-1]
         sample["frames"] = torch.from_numpy(np.ascontiguousarray(clip)).unsqueeze(0)

@@ -1,4 +1,13 @@
-"""The paper's joint model: flow network -> stacked flows -> 3D ResNet (Fig. 2)."""
+"""The paper's joint model (flow network -> stacked flows -> 3D ResNet, Fig. 2) and baselines.
+
+Inputs of the action network, by model:
+
+- :class:`JointModel`: learned flows ``(B, 2, N, H, W)``, optionally fused with the middle frame
+  of every triplet (``learned+frames``, 3 channels);
+- :class:`FrameModel`: the gray frames ``(B, 1, T, H, W)`` (a plain 3D ResNet);
+- :class:`PrecomputedFlowModel`: flows computed outside the network (OpenCV DIS / Farneback,
+  stored once in the cache), stacked like the learned ones.
+"""
 from __future__ import annotations
 
 import torch
@@ -6,6 +15,8 @@ import torch.nn as nn
 
 from flowaction.models.flownet import FlowNet
 from flowaction.models.resnet3d import resnet3d
+
+INPUTS = ("learned", "learned+frames", "frames", "dis", "farneback")
 
 
 def num_triplets(num_frames: int, stride: int) -> int:
@@ -15,27 +26,38 @@ def num_triplets(num_frames: int, stride: int) -> int:
     return (num_frames - 3) // stride + 1
 
 
+class _Normalise(nn.Module):
+    """``(x - mean) / std`` with fixed constants: callers always pass frames in [0, 1]."""
+
+    def __init__(self, mean: float = 0.5, std: float = 0.25) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(float(mean)), persistent=False)
+        self.register_buffer("std", torch.tensor(float(std)), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+def _check_frames(frames: torch.Tensor) -> None:
+    if frames.dim() != 5 or frames.shape[1] != 1:
+        raise ValueError(f"expected frames (B, 1, T, H, W), got {tuple(frames.shape)}")
+
+
 class JointModel(nn.Module):
     """Frames ``(B, 1, T, H, W)`` in [0, 1] -> ``(logits (B, K), flows (B, 2, N, H, W))``.
 
     Triplet ``j`` is frames ``(j*s, j*s+1, j*s+2)``; all ``B * N`` triplets go through the flow
     network as one batch, and the flows are stacked along time for the action network.
-    Intensities are normalised inside the model (``(x - mean) / std``) so callers always pass
-    frames in [0, 1].
 
     Args:
         flow_net: maps ``(N, 1, 3, H, W)`` to ``(N, 2, H, W)``.
-        action_net: maps ``(B, 2, N, H, W)`` to ``(B, K)``.
+        action_net: maps ``(B, C, N, H, W)`` to ``(B, K)``; ``C`` = 2, or 3 with ``fuse_frames``.
         triplet_stride: ``s``; 3 is the paper's disjoint groups, 1 gives a flow per frame.
+        fuse_frames: also give the action network the middle frame of every triplet.
     """
 
     def __init__(
-        self,
-        flow_net: nn.Module,
-        action_net: nn.Module,
-        triplet_stride: int = 3,
-        mean: float = 0.5,
-        std: float = 0.25,
+        self, flow_net: nn.Module, action_net: nn.Module, triplet_stride: int = 3, fuse_frames: bool = False
     ) -> None:
         super().__init__()
         if triplet_stride < 1:
@@ -43,30 +65,79 @@ class JointModel(nn.Module):
         self.flow_net = flow_net
         self.action_net = action_net
         self.triplet_stride = triplet_stride
-        self.register_buffer("mean", torch.tensor(float(mean)), persistent=False)
-        self.register_buffer("std", torch.tensor(float(std)), persistent=False)
+        self.fuse_frames = fuse_frames
+        self.normalise = _Normalise()
 
-    def triplets(self, frames: torch.Tensor) -> torch.Tensor:
+    def _frame_index(self, time: int, device, reverse: bool = False) -> torch.Tensor:
+        count = num_triplets(time, self.triplet_stride)
+        index = (torch.arange(count, device=device) * self.triplet_stride).unsqueeze(1)
+        if reverse:  # (k, k-1, k-2): the same pair seen backwards, clamped at the clip start
+            return (index + torch.tensor([1, 0, -1], device=device)).clamp_min(0)
+        return index + torch.arange(3, device=device)  # (N, 3)
+
+    def triplets(self, frames: torch.Tensor, reverse: bool = False) -> torch.Tensor:
         """``(B, 1, T, H, W)`` -> ``(B * N, 1, 3, H, W)``, clip-major."""
         batch, channels, time, height, width = frames.shape
-        count = num_triplets(time, self.triplet_stride)
-        index = (torch.arange(count, device=frames.device) * self.triplet_stride).unsqueeze(1)
-        index = index + torch.arange(3, device=frames.device)  # (N, 3)
-        groups = frames[:, :, index.flatten()].view(batch, channels, count, 3, height, width)
-        return groups.transpose(1, 2).reshape(batch * count, channels, 3, height, width)
+        index = self._frame_index(time, frames.device, reverse)
+        groups = frames[:, :, index.flatten()].view(batch, channels, index.shape[0], 3, height, width)
+        return groups.transpose(1, 2).reshape(-1, channels, 3, height, width)
 
-    def flows(self, frames: torch.Tensor) -> torch.Tensor:
-        """Stacked flows ``(B, 2, N, H, W)`` in pixels for frames ``(B, 1, T, H, W)`` in [0, 1]."""
+    def flows(self, frames: torch.Tensor, return_pyramid: bool = False):
+        """Stacked flows ``(B, 2, N, H, W)`` in pixels for frames ``(B, 1, T, H, W)`` in [0, 1].
+
+        With ``return_pyramid`` also the coarser flows, each ``(B * N, 2, h, w)``.
+        """
         batch = frames.shape[0]
-        flat = self.flow_net(self.triplets((frames - self.mean) / self.std))  # (B*N, 2, H, W)
-        return flat.view(batch, -1, *flat.shape[1:]).transpose(1, 2)
+        out = self.flow_net(self.triplets(self.normalise(frames)), return_pyramid=return_pyramid)
+        flat, pyramid = out if return_pyramid else (out, None)
+        stacked = flat.view(batch, -1, *flat.shape[1:]).transpose(1, 2)
+        return (stacked, pyramid) if return_pyramid else stacked
+
+    def backward_flows(self, frames: torch.Tensor) -> torch.Tensor:
+        """Flows from ``I_k`` into ``I_{k-1}`` for every triplet, ``(B * N, 2, H, W)``."""
+        return self.flow_net(self.triplets(self.normalise(frames), reverse=True))
+
+    def classify(self, flows: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
+        """Logits ``(B, K)`` from stacked flows (and the triplets' middle frames if fused)."""
+        if self.fuse_frames:
+            middle = self._frame_index(frames.shape[2], frames.device)[:, 1]
+            flows = torch.cat((flows, self.normalise(frames[:, :, middle])), dim=1)
+        return self.action_net(flows)
 
     def forward(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Classify a clip from its learned flows; also return the flows (for the losses)."""
-        if frames.dim() != 5 or frames.shape[1] != 1:
-            raise ValueError(f"expected frames (B, 1, T, H, W), got {tuple(frames.shape)}")
+        _check_frames(frames)
         stacked = self.flows(frames)
-        return self.action_net(stacked), stacked
+        return self.classify(stacked, frames), stacked
+
+
+class FrameModel(nn.Module):
+    """Baseline: a 3D ResNet on the gray frames. ``forward`` returns ``(logits, None)``."""
+
+    def __init__(self, action_net: nn.Module) -> None:
+        super().__init__()
+        self.action_net = action_net
+        self.normalise = _Normalise()
+
+    def forward(self, frames: torch.Tensor) -> tuple[torch.Tensor, None]:
+        _check_frames(frames)
+        return self.action_net(self.normalise(frames)), None
+
+
+class PrecomputedFlowModel(nn.Module):
+    """Baseline: a 3D ResNet on flows computed outside the network (e.g. OpenCV DIS).
+
+    ``forward(flows)`` takes stacked flows ``(B, 2, N, H, W)`` in pixels for the same triplet
+    pairs the joint model uses, and returns ``(logits, flows)``.
+    """
+
+    def __init__(self, action_net: nn.Module, triplet_stride: int = 3) -> None:
+        super().__init__()
+        self.action_net = action_net
+        self.triplet_stride = triplet_stride
+
+    def forward(self, flows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.action_net(flows), flows
 
 
 def build_joint_model(
@@ -75,10 +146,21 @@ def build_joint_model(
     shortcut: str = "B",
     flow_width: int = 16,
     triplet_stride: int = 3,
-) -> JointModel:
-    """The paper's model: :class:`FlowNet` in front of a 2-channel 3D ResNet."""
+    input: str = "learned",
+) -> nn.Module:
+    """The model for an action-network ``input`` (see :data:`INPUTS`); "learned" is the paper's."""
+    if input not in INPUTS:
+        raise ValueError(f"unknown model input {input!r}; choose one of {INPUTS}")
+    if input == "frames":
+        return FrameModel(resnet3d(depth, in_channels=1, num_classes=num_classes, shortcut=shortcut))
+    if input in ("dis", "farneback"):
+        return PrecomputedFlowModel(
+            resnet3d(depth, in_channels=2, num_classes=num_classes, shortcut=shortcut), triplet_stride
+        )
+    fuse = input == "learned+frames"
     return JointModel(
         FlowNet(width=flow_width),
-        resnet3d(depth, in_channels=2, num_classes=num_classes, shortcut=shortcut),
+        resnet3d(depth, in_channels=3 if fuse else 2, num_classes=num_classes, shortcut=shortcut),
         triplet_stride=triplet_stride,
+        fuse_frames=fuse,
     )

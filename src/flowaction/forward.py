@@ -1,0 +1,68 @@
+"""One batch through any model of ``flowaction.models.joint``: logits, flows and the loss terms.
+
+Shared by training and evaluation so both see the same inputs for every model kind.
+"""
+from __future__ import annotations
+
+import torch
+
+from flowaction.data.clips import add_input_noise
+from flowaction.losses import LossWeights, joint_loss
+from flowaction.models.joint import FrameModel, JointModel, PrecomputedFlowModel
+
+
+def select_pairs(pair_flows: torch.Tensor, num_flows: int, stride: int) -> torch.Tensor:
+    """Per-pair flows ``(B, T-1, C, H, W)`` -> those of the triplets' pairs ``(B, C, N, H, W)``.
+
+    Pair ``j*s -> j*s+1`` belongs to triplet ``j``.
+    """
+    index = torch.arange(num_flows, device=pair_flows.device) * stride
+    return pair_flows[:, index].transpose(1, 2)
+
+
+def forward_batch(
+    model: torch.nn.Module,
+    batch: dict,
+    device: torch.device,
+    weights: LossWeights,
+    noise_std: float = 0.0,
+    freeze_flow: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, torch.Tensor]]:
+    """Run ``model`` on a loader batch and compute the joint loss.
+
+    Args:
+        noise_std: Gaussian input noise (training only); the losses see the clean frames.
+        freeze_flow: compute the learned flows without gradient (second stage of two-stage
+            training).
+
+    Returns:
+        ``(logits (B, K), flows (B, 2, N, H, W) or None, loss terms)``.
+    """
+    frames = batch["frames"].to(device, non_blocking=True)
+    labels = batch["label"].to(device, non_blocking=True)
+    if isinstance(model, FrameModel):
+        logits, _ = model(add_input_noise(frames, noise_std))
+        return logits, None, joint_loss(logits, labels, None, frames, 1, weights)
+    if isinstance(model, PrecomputedFlowModel):
+        if "classical" not in batch:
+            raise ValueError("this model needs precomputed flow in the batch (data.classical)")
+        from flowaction.models.joint import num_triplets
+
+        count = num_triplets(frames.shape[2], model.triplet_stride)
+        flows = select_pairs(batch["classical"].to(device), count, model.triplet_stride)
+        logits, _ = model(flows)
+        return logits, flows, joint_loss(logits, labels, None, frames, 1, weights)
+    if not isinstance(model, JointModel):
+        raise TypeError(f"unsupported model {type(model).__name__}")
+    noisy = add_input_noise(frames, noise_std)
+    pyramid = backward = None
+    with torch.set_grad_enabled(torch.is_grad_enabled() and not freeze_flow):
+        if weights.multiscale:
+            flows, pyramid = model.flows(noisy, return_pyramid=True)
+        else:
+            flows = model.flows(noisy)
+        if weights.occlusion:
+            backward = model.backward_flows(noisy)
+    logits = model.classify(flows, noisy)
+    terms = joint_loss(logits, labels, flows, frames, model.triplet_stride, weights, pyramid, backward)
+    return logits, flows, terms
