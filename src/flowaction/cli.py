@@ -57,6 +57,20 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_ablate(args: argparse.Namespace) -> int:
+    from flowaction.ablate import run_ablation
+
+    split = lambda text: [item.strip() for item in text.split(",") if item.strip()]  # noqa: E731
+    path = run_ablation(
+        args.config, split(args.runs), args.seeds, args.out, args.overrides,
+        [int(n) for n in split(args.sweep)] if args.sweep else None,
+        split(args.sweep_runs) if args.sweep_runs else None,
+        args.keep_checkpoints, command="flowaction " + " ".join(sys.argv[1:] if args.argv is None else args.argv),
+    )
+    print(path.read_text())
+    return 0
+
+
 def _cmd_keys(args: argparse.Namespace) -> int:
     from flowaction.config import Config, to_dict, valid_keys
 
@@ -191,6 +205,17 @@ def build_parser() -> argparse.ArgumentParser:
     flow.add_argument("--no-progress", action="store_true", help="no progress bar")
     flow.set_defaults(func=_cmd_flow)
 
+    ablate = sub.add_parser("ablate", help="variants x seeds on the same data, and a data-size sweep")
+    ablate.add_argument("--config", type=Path, default=None)
+    ablate.add_argument("--runs", default="learned,frames,dis", help="comma-separated variants (see docs)")
+    ablate.add_argument("--seeds", type=int, default=3)
+    ablate.add_argument("--out", type=Path, required=True)
+    ablate.add_argument("--sweep", default="", help="training clips per class, e.g. 5,10,20,50")
+    ablate.add_argument("--sweep-runs", default="", help="variants of the sweep (default learned,frames,dis)")
+    ablate.add_argument("--keep-checkpoints", action="store_true")
+    _add_overrides(ablate)
+    ablate.set_defaults(func=_cmd_ablate, argv=None)
+
     keys = sub.add_parser("keys", help="list every config key with its default")
     keys.set_defaults(func=_cmd_keys)
     return parser
@@ -200,6 +225,8 @@ def main(argv: list[str] | None = None) -> int:
     from flowaction.config import ConfigError
 
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    if hasattr(args, "argv"):
+        args.argv = argv
     try:
         return args.func(args)
     except (ConfigError, FileNotFoundError, ValueError) as error:

@@ -38,6 +38,7 @@ class DataConfig:
     frame_step: int = 1
     crop: int = 56
     test_clips: int = 10
+    max_train_per_class: int = 0  # > 0: use only the first N training videos of each class
     num_workers: int = 0
     train_split: str = "train"
     val_split: str = "val"

@@ -11,7 +11,8 @@ import torch
 from tqdm import tqdm
 
 from flowaction.forward import forward_batch
-from flowaction.losses import LossWeights
+from flowaction.losses import LossWeights, clip_triplet_pairs
+from flowaction.warp import backward_warp, in_frame_mask
 
 
 @dataclass
@@ -27,6 +28,7 @@ class EvalResult:
     labels: np.ndarray
     flow_epe: float | None = None
     zero_flow_epe: float | None = None
+    photometric_l1: float | None = None
     extra: dict = field(default_factory=dict)
 
     @property
@@ -61,6 +63,7 @@ def run_evaluation(
     totals: dict[str, float] = {}
     clips = 0
     epe_sum = zero_sum = valid_count = 0.0
+    l1_sum = l1_count = 0.0
     probs, videos, labels = [], [], []
     stride = getattr(model, "triplet_stride", 1)
     for batch in tqdm(loader, desc=desc, leave=False, disable=not progress, mininterval=1.0):
@@ -72,6 +75,14 @@ def run_evaluation(
         probs.append(torch.softmax(logits.float(), 1).cpu().numpy())
         videos.append(batch["video"].numpy())
         labels.append(batch["label"].numpy())
+        if flows is not None:
+            # photometric error of the flow the classifier used: needs no ground truth
+            frames = batch["frames"].to(device)
+            prev, cur = clip_triplet_pairs(frames, flows.shape[2], stride)
+            flat = flows.transpose(1, 2).flatten(0, 1).float()
+            mask = in_frame_mask(flat)
+            l1_sum += float(((backward_warp(cur, flat) - prev).abs() * mask).sum())
+            l1_count += float(mask.sum())
         if "flow" in batch and flows is not None:
             gt, valid = gt_flow_for_model(batch["flow"].to(device), batch["valid"].to(device), flows.shape[2], stride)
             mask = valid.float()
@@ -85,6 +96,7 @@ def run_evaluation(
         labels=np.concatenate(labels),
         flow_epe=epe_sum / valid_count if valid_count else None,
         zero_flow_epe=zero_sum / valid_count if valid_count else None,
+        photometric_l1=l1_sum / l1_count if l1_count else None,
     )
 
 

@@ -64,6 +64,18 @@ def clip_spec(cfg: Config) -> ClipSpec:
     return ClipSpec(d.num_frames, d.frame_step, d.crop, d.test_clips)
 
 
+def subset_per_class(cache: ClipCache, split: str, limit: int) -> list[int]:
+    """The first ``limit`` videos of every class of a split (index order: deterministic)."""
+    taken: dict[int, int] = {}
+    chosen = []
+    for index in cache.split(split):
+        label = cache.videos[index]["label"]
+        if taken.get(label, 0) < limit:
+            taken[label] = taken.get(label, 0) + 1
+            chosen.append(index)
+    return chosen
+
+
 def make_loader(cfg: Config, cache: ClipCache, split: str, mode: str, shuffle: bool = False) -> DataLoader:
     """A loader over one split; ``mode`` is train / val / test (see ``data.clips``)."""
     a = cfg.augment
@@ -73,7 +85,10 @@ def make_loader(cfg: Config, cache: ClipCache, split: str, mode: str, shuffle: b
         from flowaction.data.classical_cache import ensure_classical_flow
 
         ensure_classical_flow(cache, classical)
-    dataset = ClipDataset(cache, split, mode, clip_spec(cfg), jitter, seed=cfg.seed, classical=classical)
+    videos = None
+    if mode == "train" and cfg.data.max_train_per_class > 0:
+        videos = subset_per_class(cache, split, cfg.data.max_train_per_class)
+    dataset = ClipDataset(cache, split, mode, clip_spec(cfg), jitter, seed=cfg.seed, videos=videos, classical=classical)
     generator = torch.Generator().manual_seed(cfg.seed)
     return DataLoader(
         dataset,
@@ -250,6 +265,7 @@ def evaluate_checkpoint(
         "losses": result.losses,
         "flow_epe": result.flow_epe,
         "zero_flow_epe": result.zero_flow_epe,
+        "photometric_l1": result.photometric_l1,
         **video_scores(result, len(cache.classes)),
     }
     report["classes"] = list(cache.classes)

@@ -29,17 +29,19 @@ class FlowNet(nn.Module):
         in_frames: frames per input group (3 in the paper).
     """
 
-    def __init__(self, width: int = 16, in_frames: int = 3) -> None:
+    def __init__(self, width: int = 16, in_frames: int = 3, correlation_radius: int = 3) -> None:
         super().__init__()
         c1, c2, c3, c4 = width, 2 * width, 4 * width, 6 * width
         self.in_frames = in_frames
+        self.correlation_radius = correlation_radius
+        cost_channels = (2 * correlation_radius + 1) ** 2 if correlation_radius > 0 else 0
         # 3D conv over time without temporal padding: (N, 1, 3, H, W) -> (N, c1, 1, H/2, W/2)
         self.stem = nn.Conv3d(1, c1, kernel_size=(in_frames, 5, 5), stride=(1, 2, 2), padding=(0, 2, 2))
         # the stem's features enter twice: as they are and as products of channel pairs.
         # Flow is a second-order function of the frames (temporal change times spatial
         # gradient, as in Lucas-Kanade); a product layer gives the network that directly, where
         # a ReLU network starting from zero flow sits on a long plateau before finding it.
-        self.enc1 = _conv(c1 + c1 // 2, c2)  # 1/2
+        self.enc1 = _conv(c1 + c1 // 2 + cost_channels, c2)  # 1/2
         self.enc2 = nn.Sequential(_conv(c2, c3, stride=2), _conv(c3, c3))  # 1/4
         self.enc3 = nn.Sequential(_conv(c3, c4, stride=2), _conv(c4, c4))  # 1/8
         self.predict3 = nn.Conv2d(c4, 2, 3, padding=1)
@@ -52,6 +54,25 @@ class FlowNet(nn.Module):
             # start from zero flow: the identity warp is the natural initial guess
             nn.init.zeros_(predictor.weight)
             nn.init.zeros_(predictor.bias)
+
+    def _cost_volume(self, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+        """Matching costs of ``first`` against ``second`` shifted by every integer displacement
+        up to ``correlation_radius`` px, ``(N, (2r+1)^2, H/2, W/2)``.
+
+        A parameter-free correlation layer (as in FlowNetC / PWC-Net): the squared difference for
+        each displacement, pooled over 2 x 2 to the stem's resolution. It turns "where did this
+        pixel go" into "which channel is smallest", which a small network learns in a few hundred
+        steps without supervision, where regressing flow from raw frames takes far longer.
+        """
+        r = self.correlation_radius
+        height, width = first.shape[-2:]
+        padded = F.pad(second, (r, r, r, r), mode="replicate")
+        costs = [
+            (first - padded[:, :, r + dy : r + dy + height, r + dx : r + dx + width]) ** 2
+            for dy in range(-r, r + 1)
+            for dx in range(-r, r + 1)
+        ]
+        return F.avg_pool2d(torch.cat(costs, dim=1), 2, ceil_mode=True)
 
     @staticmethod
     def _upsample_flow(flow: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -76,7 +97,11 @@ class FlowNet(nn.Module):
         height, width = triplets.shape[-2:]
         stem = self.stem(triplets).squeeze(2)
         half = stem.shape[1] // 2
-        x0 = torch.cat((F.leaky_relu(stem, 0.1), stem[:, :half] * stem[:, half : 2 * half]), dim=1)
+        features = [F.leaky_relu(stem, 0.1), stem[:, :half] * stem[:, half : 2 * half]]
+        if self.correlation_radius > 0:
+            cost = self._cost_volume(triplets[:, :, 0], triplets[:, :, 1])
+            features.append(cost[..., : stem.shape[-2], : stem.shape[-1]])
+        x0 = torch.cat(features, dim=1)
         x1 = self.enc1(x0)
         x2 = self.enc2(x1)
         x3 = self.enc3(x2)

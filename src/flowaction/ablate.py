@@ -1,0 +1,206 @@
+"""Ablations and the sample-efficiency sweep: many short runs, resumable, summarised in Markdown.
+
+Every finished run writes ``RUN/result.json``; started again, a study skips those runs, so it can
+be finished across sessions (or on another machine) and the summary regenerated at any time.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from flowaction.config import Config, from_dict, load_config, to_dict
+from flowaction.data.cache import atomic_write_json
+
+# variant name -> config overrides (the two-stage split is filled in from the epoch count)
+VARIANTS: dict[str, list[str]] = {
+    "learned": [],
+    "learned+frames": ["model.input=learned+frames"],
+    "frames": ["model.input=frames"],
+    "dis": ["model.input=dis"],
+    "farneback": ["model.input=farneback"],
+    "no-flow-loss": ["loss.photometric=0", "loss.smoothness=0"],
+    "two-stage": ["optim.flow_pretrain_epochs={half}"],
+    "multiscale": ["loss.multiscale=true"],
+    "edge-aware": ["loss.edge_aware=10"],
+    "occlusion": ["loss.occlusion=true"],
+    "census": ["loss.data_term=census"],
+    "ssim": ["loss.data_term=ssim"],
+}
+SWEEP_RUNS = ("learned", "frames", "dis")
+
+
+def variant_config(base: Config, variant: str, seed: int, extra: list[str] | None = None) -> Config:
+    """``base`` with a variant's overrides, a seed and any ``extra`` overrides."""
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
+    half = max(1, base.optim.epochs // 2)
+    overrides = [o.format(half=half) for o in VARIANTS[variant]] + [f"seed={seed}"] + list(extra or [])
+    return from_dict(to_dict(base), overrides)
+
+
+def run_one(cfg: Config, cache, run_dir: Path, keep_checkpoints: bool = False, progress: bool = False) -> dict:
+    """Train and test one configuration unless ``run_dir/result.json`` exists; return the result."""
+    from flowaction.train import build_model, evaluate_checkpoint, fit
+
+    result_path = run_dir / "result.json"
+    if result_path.is_file():
+        return json.loads(result_path.read_text())
+    summary = fit(cfg, cache, run_dir, resume=True, progress=progress, log=lambda *_: None)
+    report = evaluate_checkpoint(run_dir / "best.pt", cache, cfg.data.test_split, progress=progress)
+    model = build_model(cfg, len(cache.classes))
+    result = {
+        "clip_accuracy": report["clip_accuracy"],
+        "video_accuracy": report["video_accuracy"],
+        "flow_epe": report["flow_epe"],
+        "zero_flow_epe": report["zero_flow_epe"],
+        "photometric_l1": report.get("photometric_l1"),
+        "train_seconds": summary["wall_seconds"],
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "train_clips": report.get("train_clips"),
+        "config": to_dict(cfg),
+    }
+    if not keep_checkpoints:
+        for name in ("last.pt", "best.pt"):
+            (run_dir / name).unlink(missing_ok=True)
+    atomic_write_json(result_path, result)
+    return result
+
+
+def _stats(values: list[float | None]) -> tuple[float, float] | None:
+    values = [v for v in values if v is not None]
+    if not values:
+        return None
+    return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
+def _fmt(stat, scale: float = 1.0, digits: int = 1) -> str:
+    if stat is None:
+        return "n/a"
+    return f"{stat[0] * scale:.{digits}f} ± {stat[1] * scale:.{digits}f}"
+
+
+def summarise(results: dict[str, list[dict]], sweep: dict[str, dict[int, list[dict]]], out: Path, command: str) -> None:
+    """Write ``results.md``, ``ablation.png`` and (if any) ``sample_efficiency.png``."""
+    lines = [
+        "# Ablation on the generated motion benchmark",
+        "",
+        f"Regenerate with: `{command}`",
+        "",
+        "Mean ± standard deviation over seeds (test split). Flow EPE is against the ground truth on",
+        "valid pixels (zero flow shown for reference); photometric L1 is the mean absolute",
+        "intensity error (0-1 scale) of warping with the flow the classifier used, in-frame pixels.",
+        "",
+        "| variant | seeds | clip acc. (%) | video acc. (%) | flow EPE (px) | zero-flow EPE | photometric L1 (x100) | train s | parameters |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for variant, runs in results.items():
+        if not runs:
+            continue
+        lines.append(
+            f"| {variant} | {len(runs)} | {_fmt(_stats([r['clip_accuracy'] for r in runs]), 100)} | "
+            f"{_fmt(_stats([r['video_accuracy'] for r in runs]), 100)} | "
+            f"{_fmt(_stats([r['flow_epe'] for r in runs]), 1, 3)} | "
+            f"{_fmt(_stats([r['zero_flow_epe'] for r in runs]), 1, 3)} | "
+            f"{_fmt(_stats([r['photometric_l1'] for r in runs]), 100, 2)} | "
+            f"{_fmt(_stats([r['train_seconds'] for r in runs]), 1, 0)} | {runs[0]['parameters']:,} |"
+        )
+    if sweep:
+        lines += ["", "## Sample efficiency (test clip accuracy, %, by training clips per class)", ""]
+        sizes = sorted({n for by_size in sweep.values() for n in by_size})
+        lines.append("| variant | " + " | ".join(str(n) for n in sizes) + " |")
+        lines.append("| --- |" + " --- |" * len(sizes))
+        for variant, by_size in sweep.items():
+            cells = [_fmt(_stats([r["clip_accuracy"] for r in by_size.get(n, [])]), 100) for n in sizes]
+            lines.append(f"| {variant} | " + " | ".join(cells) + " |")
+    (out / "results.md").write_text("\n".join(lines) + "\n")
+    _plot(results, sweep, out)
+
+
+def _plot(results, sweep, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [v for v, runs in results.items() if runs]
+    if names:
+        fig, axes = plt.subplots(1, 2, figsize=(max(8, 0.9 * len(names) + 4), 3.8))
+        acc = [_stats([r["clip_accuracy"] for r in results[v]]) for v in names]
+        axes[0].bar(names, [a[0] * 100 for a in acc], yerr=[a[1] * 100 for a in acc], capsize=3, color="tab:blue")
+        axes[0].set_ylabel("test clip accuracy (%)")
+        epe = [_stats([r["flow_epe"] for r in results[v]]) for v in names]
+        axes[1].bar(names, [e[0] if e else 0 for e in epe], yerr=[e[1] if e else 0 for e in epe], capsize=3, color="tab:orange")
+        zero = _stats([r["zero_flow_epe"] for v in names for r in results[v]])
+        if zero:
+            axes[1].axhline(zero[0], color="k", linestyle="--", label="zero flow")
+            axes[1].legend()
+        axes[1].set_ylabel("flow EPE (px)")
+        for ax in axes:
+            ax.tick_params(axis="x", rotation=60)
+            ax.grid(axis="y", alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(out / "ablation.png", dpi=110)
+        plt.close(fig)
+    if sweep:
+        fig, ax = plt.subplots(figsize=(5, 3.8))
+        for variant, by_size in sweep.items():
+            sizes = sorted(by_size)
+            stats = [_stats([r["clip_accuracy"] for r in by_size[n]]) for n in sizes]
+            ax.errorbar(sizes, [s[0] * 100 for s in stats], yerr=[s[1] * 100 for s in stats], marker="o", capsize=3, label=variant)
+        ax.set_xscale("log")
+        ax.set_xlabel("training clips per class")
+        ax.set_ylabel("test clip accuracy (%)")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(out / "sample_efficiency.png", dpi=110)
+        plt.close(fig)
+
+
+def run_ablation(
+    config: str | Path | None,
+    variants: list[str],
+    seeds: int,
+    out: str | Path,
+    overrides: list[str] | None = None,
+    sweep_sizes: list[int] | None = None,
+    sweep_variants: list[str] | None = None,
+    keep_checkpoints: bool = False,
+    command: str = "",
+    log=print,
+) -> Path:
+    """Run every (variant, seed), then the sweep, then write the summary. Returns results.md."""
+    from flowaction.run import open_data
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    base = load_config(config, list(overrides or []) + [f"data.synthetic_dir={out / 'data'}"])
+    cache = open_data(base, out)
+    for variant in variants + list(sweep_variants or []):
+        variant_config(base, variant, 0)  # fail on a typo before any run starts
+    results: dict[str, list[dict]] = {}
+    for variant in variants:
+        results[variant] = []
+        for seed in range(seeds):
+            cfg = variant_config(base, variant, seed)
+            result = run_one(cfg, cache, out / "runs" / variant / f"seed{seed}", keep_checkpoints)
+            results[variant].append(result)
+            log(f"{variant:15s} seed {seed}: clip acc {result['clip_accuracy']:.3f}  epe {result['flow_epe']}")
+    sweep: dict[str, dict[int, list[dict]]] = {}
+    full = base.data.synthetic.train_per_class if not base.data.cache else None
+    for n in sweep_sizes or []:
+        for variant in sweep_variants or SWEEP_RUNS:
+            sweep.setdefault(variant, {})[n] = []
+            # the same number of optimisation steps at every data size
+            epochs = base.optim.epochs if not full else max(1, math.ceil(base.optim.epochs * full / n))
+            for seed in range(seeds):
+                cfg = variant_config(base, variant, seed, [f"data.max_train_per_class={n}", f"optim.epochs={epochs}"])
+                run_dir = out / "sweep" / f"n{n}" / variant / f"seed{seed}"
+                result = run_one(cfg, cache, run_dir, keep_checkpoints)
+                sweep[variant][n].append(result)
+                log(f"sweep n={n:3d} {variant:10s} seed {seed}: clip acc {result['clip_accuracy']:.3f}")
+    summarise(results, sweep, out, command)
+    return out / "results.md"
