@@ -29,8 +29,8 @@ def test_variant_trains_and_loss_decreases(variant, cache):
     model = build_model(cfg, len(cache.classes))
     batch = next(iter(make_loader(cfg, cache, "train", "val")))
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
-    # the first epoch's weights (for two-stage: the flow network alone)
-    weights, freeze = stage_weights(cfg, 0)
+    # the last epoch's weights (for two-stage: the classifier stage; its flow stage is tested below)
+    weights, freeze = stage_weights(cfg, cfg.optim.epochs - 1)
     losses = []
     for _ in range(8):
         model.train()
@@ -38,7 +38,7 @@ def test_variant_trains_and_loss_decreases(variant, cache):
         optimizer.zero_grad()
         terms["total"].backward()
         optimizer.step()
-        losses.append(float(terms["total"]))
+        losses.append(float(terms["total"].detach()))
     assert losses[-1] < losses[0], losses
     if cfg.model.input in ("dis", "farneback", "learned", "learned+frames"):
         assert flows is not None and flows.shape[1] == 2
@@ -50,6 +50,24 @@ def test_two_stage_switches_from_flow_to_classifier():
     second, frozen_second = stage_weights(cfg, 3)
     assert first.classification == 0 and first.photometric > 0 and not frozen_first
     assert second.photometric == 0 and second.smoothness == 0 and second.classification > 0 and frozen_second
+
+
+def test_two_stage_first_stage_trains_only_the_flow_network(cache):
+    torch.manual_seed(0)
+    cfg = variant_config(from_dict({}, TINY), "two-stage", seed=0)
+    model = build_model(cfg, len(cache.classes))
+    batch = next(iter(make_loader(cfg, cache, "train", "val")))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    weights, freeze = stage_weights(cfg, 0)
+    for _ in range(2):
+        _, _, terms = forward_batch(model, batch, torch.device("cpu"), weights, freeze_flow=freeze)
+        optimizer.zero_grad()
+        terms["total"].backward()
+        optimizer.step()
+    after = model.state_dict()
+    assert not torch.equal(before["flow_net.stem.weight"], after["flow_net.stem.weight"])
+    assert torch.equal(before["action_net.fc.weight"], after["action_net.fc.weight"])
 
 
 def test_unknown_variant_is_an_error():

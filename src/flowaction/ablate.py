@@ -194,6 +194,9 @@ def run_ablation(
     for n in sweep_sizes or []:
         for variant in sweep_variants or SWEEP_RUNS:
             sweep.setdefault(variant, {})[n] = []
+            if full and n >= full and variant in results:  # the whole training split: reuse
+                sweep[variant][n] = results[variant]
+                continue
             # the same number of optimisation steps at every data size
             epochs = base.optim.epochs if not full else max(1, math.ceil(base.optim.epochs * full / n))
             for seed in range(seeds):

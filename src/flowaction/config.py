@@ -66,9 +66,11 @@ class ModelConfig:
 
 @dataclass
 class LossConfig:
+    # a2 = 100 brings the photometric term (~0.01 on [0, 1] intensities) to the size of the
+    # cross-entropy, so the flow network learns flow rather than whatever the classifier wants
     classification: float = 1.0
-    photometric: float = 1.0
-    smoothness: float = 0.01
+    photometric: float = 100.0
+    smoothness: float = 1.0
     alpha: float = 0.45
     eps: float = 1e-3
     smooth_alpha: float = 0.45

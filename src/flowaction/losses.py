@@ -158,8 +158,8 @@ class LossWeights:
     """The constants of eq. 3, the Charbonnier settings and the switches of the variants."""
 
     classification: float = 1.0
-    photometric: float = 1.0
-    smoothness: float = 0.01
+    photometric: float = 100.0
+    smoothness: float = 1.0
     alpha: float = 0.45
     eps: float = 1e-3
     smooth_alpha: float = 0.45
