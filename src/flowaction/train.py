@@ -36,11 +36,9 @@ def build_model(cfg: Config, num_classes: int) -> JointModel:
 
 
 def loss_weights(cfg: Config) -> LossWeights:
-    c = cfg.loss
-    return LossWeights(
-        c.classification, c.photometric, c.smoothness, c.alpha, c.eps, c.smooth_alpha,
-        c.data_term, c.edge_aware, c.multiscale, c.occlusion,
-    )
+    # the loss section of the config and LossWeights share their field names (losses.py must
+    # not import the config), so the mapping is by name
+    return LossWeights(**dataclasses.asdict(cfg.loss))
 
 
 def stage_weights(cfg: Config, epoch: int) -> tuple[LossWeights, bool]:
