@@ -33,3 +33,9 @@ def test_ablate_writes_summary_and_resumes(tmp_path):
 def test_ablate_rejects_unknown_variant(tmp_path, capsys):
     assert main(["ablate", "--runs", "learned,nope", "--seeds", "1", "--out", str(tmp_path), *TINY]) == 2
     assert "nope" in capsys.readouterr().err
+
+
+def test_summary_only_trains_nothing(tmp_path):
+    assert main(["ablate", "--runs", "learned", "--seeds", "1", "--summary-only", "--out", str(tmp_path), *TINY]) == 0
+    assert not (tmp_path / "runs").exists()
+    assert "--summary-only" not in (tmp_path / "results.md").read_text()

@@ -147,7 +147,7 @@ def _plot(results, sweep, out: Path) -> None:
     if sweep:
         fig, ax = plt.subplots(figsize=(5, 3.8))
         for variant, by_size in sweep.items():
-            sizes = sorted(by_size)
+            sizes = sorted(n for n in by_size if by_size[n])
             stats = [_stats([r["clip_accuracy"] for r in by_size[n]]) for n in sizes]
             ax.errorbar(sizes, [s[0] * 100 for s in stats], yerr=[s[1] * 100 for s in stats], marker="o", capsize=3, label=variant)
         ax.set_xscale("log")
@@ -171,8 +171,12 @@ def run_ablation(
     keep_checkpoints: bool = False,
     command: str = "",
     log=print,
+    summary_only: bool = False,
 ) -> Path:
-    """Run every (variant, seed), then the sweep, then write the summary. Returns results.md."""
+    """Run every (variant, seed), then the sweep, then write the summary. Returns results.md.
+
+    With ``summary_only`` nothing is trained: the summary covers the runs already finished.
+    """
     from flowaction.run import open_data
 
     out = Path(out)
@@ -186,7 +190,10 @@ def run_ablation(
         results[variant] = []
         for seed in range(seeds):
             cfg = variant_config(base, variant, seed)
-            result = run_one(cfg, cache, out / "runs" / variant / f"seed{seed}", keep_checkpoints)
+            run_dir = out / "runs" / variant / f"seed{seed}"
+            if summary_only and not (run_dir / "result.json").is_file():
+                continue
+            result = run_one(cfg, cache, run_dir, keep_checkpoints)
             results[variant].append(result)
             log(f"{variant:15s} seed {seed}: clip acc {result['clip_accuracy']:.3f}  epe {result['flow_epe']}")
     sweep: dict[str, dict[int, list[dict]]] = {}
@@ -202,6 +209,8 @@ def run_ablation(
             for seed in range(seeds):
                 cfg = variant_config(base, variant, seed, [f"data.max_train_per_class={n}", f"optim.epochs={epochs}"])
                 run_dir = out / "sweep" / f"n{n}" / variant / f"seed{seed}"
+                if summary_only and not (run_dir / "result.json").is_file():
+                    continue
                 result = run_one(cfg, cache, run_dir, keep_checkpoints)
                 sweep[variant][n].append(result)
                 log(f"sweep n={n:3d} {variant:10s} seed {seed}: clip acc {result['clip_accuracy']:.3f}")

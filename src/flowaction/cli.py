@@ -65,7 +65,8 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
         args.config, split(args.runs), args.seeds, args.out, args.overrides,
         [int(n) for n in split(args.sweep)] if args.sweep else None,
         split(args.sweep_runs) if args.sweep_runs else None,
-        args.keep_checkpoints, command="flowaction " + " ".join(sys.argv[1:] if args.argv is None else args.argv),
+        args.keep_checkpoints, command="flowaction " + " ".join(a for a in (sys.argv[1:] if args.argv is None else args.argv) if a != "--summary-only"),
+        summary_only=args.summary_only,
     )
     print(path.read_text())
     return 0
@@ -213,6 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     ablate.add_argument("--sweep", default="", help="training clips per class, e.g. 5,10,20,50")
     ablate.add_argument("--sweep-runs", default="", help="variants of the sweep (default learned,frames,dis)")
     ablate.add_argument("--keep-checkpoints", action="store_true")
+    ablate.add_argument("--summary-only", action="store_true", help="train nothing; summarise the finished runs")
     _add_overrides(ablate)
     ablate.set_defaults(func=_cmd_ablate, argv=None)
 
