@@ -146,9 +146,9 @@ def build_rows(times: dict, epe: dict) -> list[dict]:
     return rows
 
 
-def print_table(rows: list[dict]) -> None:
+def print_table(rows: list[dict], crop: int) -> None:
     sizes = [f"{w}x{h}" for h, w in SIZES]
-    header = f"{'method':<14} {'EPE 56x56 px':>19}" + "".join(
+    header = f"{'method':<14} {f'EPE {crop}x{crop} px':>19}" + "".join(
         f" {'ms/pair ' + s:>17} {'x DIS':>7}" for s in sizes
     )
     print(header)
@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"flow per frame pair, median of {args.repeats} repeats, {args.threads} threads; "
           f"FlowNet width {width}; EPE on {args.clips} test clips ({args.size} -> {args.crop})")
-    print_table(rows)
+    print_table(rows, args.crop)
     result = {
         "benchmark": "flow",
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
