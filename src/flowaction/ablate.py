@@ -207,7 +207,10 @@ def run_ablation(
             # the same number of optimisation steps at every data size
             epochs = base.optim.epochs if not full else max(1, math.ceil(base.optim.epochs * full / n))
             for seed in range(seeds):
-                cfg = variant_config(base, variant, seed, [f"data.max_train_per_class={n}", f"optim.epochs={epochs}"])
+                # as many checkpoints as a full-data run writes, not one per (short) epoch
+                every = max(1, epochs // base.optim.epochs)
+                extra = [f"data.max_train_per_class={n}", f"optim.epochs={epochs}", f"optim.checkpoint_every={every}"]
+                cfg = variant_config(base, variant, seed, extra)
                 run_dir = out / "sweep" / f"n{n}" / variant / f"seed{seed}"
                 if summary_only and not (run_dir / "result.json").is_file():
                     continue

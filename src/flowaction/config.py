@@ -90,6 +90,7 @@ class OptimConfig:
     schedule: str = "cosine"  # cosine | constant
     warmup_epochs: float = 0.0
     flow_pretrain_epochs: int = 0  # > 0: two-stage training (flow first, then the classifier)
+    checkpoint_every: int = 1  # write last.pt every N epochs (and after the last one)
 
 
 @dataclass
@@ -113,7 +114,7 @@ _CHOICES = {
 }
 _POSITIVE = {
     "data.num_frames", "data.frame_step", "data.crop", "data.test_clips", "model.flow_width",
-    "model.triplet_stride", "optim.epochs", "optim.batch_size", "optim.lr",
+    "model.triplet_stride", "optim.epochs", "optim.checkpoint_every", "optim.batch_size", "optim.lr",
     "data.synthetic.num_classes", "data.synthetic.size", "data.synthetic.num_frames",
     "data.synthetic.train_per_class", "data.synthetic.val_per_class", "data.synthetic.test_per_class",
 }

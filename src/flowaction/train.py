@@ -230,7 +230,8 @@ def fit(
             best_state = _checkpoint_state(cfg, classes, model, optimizer, epoch, step, best)
             best_state["optimizer"] = None
             save_checkpoint(out / "best.pt", best_state)
-        save_checkpoint(last_path, _checkpoint_state(cfg, classes, model, optimizer, epoch, step, best))
+        if (epoch + 1) % cfg.optim.checkpoint_every == 0 or epoch + 1 == cfg.optim.epochs:
+            save_checkpoint(last_path, _checkpoint_state(cfg, classes, model, optimizer, epoch, step, best))
         epe = f" epe {result.flow_epe:.3f}" if result.flow_epe is not None else ""
         log(
             f"epoch {epoch:3d}  train loss {train_metrics['total']:.4f} acc {train_metrics['accuracy']:.3f}"
