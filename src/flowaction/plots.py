@@ -31,6 +31,11 @@ def plot_curves(csv_path: str | Path, png_path: str | Path) -> None:
             if points:
                 xs, ys = zip(*points)
                 ax.plot(xs, ys, style, label=split, markersize=3)
+        if key == "epe":  # the reference a flow must beat: predicting no motion at all
+            zero = [(int(r["epoch"]), float(r["zero_epe"])) for r in rows if r["split"] == "val" and r.get("zero_epe")]
+            if zero:
+                xs, ys = zip(*zero)
+                ax.plot(xs, ys, "k--", label="zero flow (val)", linewidth=1)
         ax.set_xlabel("epoch")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)

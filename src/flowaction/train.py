@@ -220,7 +220,9 @@ def fit(
         train_loader.generator.manual_seed(cfg.seed * 1000 + epoch)
         train_metrics, step = train_one_epoch(model, train_loader, optimizer, cfg, device, epoch, step, total_steps, progress)
         result = run_evaluation(model, val_loader, device, weights, progress, desc="val")
-        val_metrics = {**result.losses, "accuracy": result.clip_accuracy, "epe": result.flow_epe}
+        val_metrics = {
+            **result.losses, "accuracy": result.clip_accuracy, "epe": result.flow_epe, "zero_epe": result.zero_flow_epe,
+        }
         logger.log(epoch, "train", train_metrics)
         logger.log(epoch, "val", val_metrics)
         plot_curves(logger.csv_path, out / "curves.png")
