@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from flowaction.forward import forward_batch
+from flowaction.forward import forward_batch, select_pairs
 from flowaction.losses import LossWeights, clip_triplet_pairs
 from flowaction.warp import backward_warp, in_frame_mask
 
@@ -46,7 +46,18 @@ def gt_flow_for_model(flow: torch.Tensor, valid: torch.Tensor, num_flows: int, s
         ``(B, 2, N, H, W)`` flow and ``(B, N, H, W)`` mask.
     """
     index = torch.arange(num_flows, device=flow.device) * stride
-    return flow[:, index].transpose(1, 2), valid[:, index]
+    return select_pairs(flow, num_flows, stride), valid[:, index]
+
+
+@torch.no_grad()
+def flow_error_sums(flows: torch.Tensor, batch: dict, stride: int) -> tuple[float, float, float]:
+    """Summed end-point error of ``flows`` ``(B, 2, N, H, W)`` and of zero flow against the
+    batch's ground truth, and the number of valid pixels they were summed over."""
+    gt, valid = gt_flow_for_model(batch["flow"].to(flows.device), batch["valid"].to(flows.device), flows.shape[2], stride)
+    mask = valid.float()
+    epe = float((torch.linalg.vector_norm(flows.detach().float() - gt, dim=1) * mask).sum())
+    zero = float((torch.linalg.vector_norm(gt, dim=1) * mask).sum())
+    return epe, zero, float(mask.sum())
 
 
 @torch.no_grad()
@@ -84,11 +95,8 @@ def run_evaluation(
             l1_sum += float(((backward_warp(cur, flat) - prev).abs() * mask).sum())
             l1_count += float(mask.sum())
         if "flow" in batch and flows is not None:
-            gt, valid = gt_flow_for_model(batch["flow"].to(device), batch["valid"].to(device), flows.shape[2], stride)
-            mask = valid.float()
-            epe_sum += float((torch.linalg.vector_norm(flows.float() - gt, dim=1) * mask).sum())
-            zero_sum += float((torch.linalg.vector_norm(gt, dim=1) * mask).sum())
-            valid_count += float(mask.sum())
+            epe, zero, count = flow_error_sums(flows, batch, stride)
+            epe_sum, zero_sum, valid_count = epe_sum + epe, zero_sum + zero, valid_count + count
     return EvalResult(
         losses={k: v / max(clips, 1) for k, v in totals.items()},
         probs=np.concatenate(probs),

@@ -8,7 +8,7 @@ import torch
 
 from flowaction.data.clips import add_input_noise
 from flowaction.losses import LossWeights, joint_loss
-from flowaction.models.joint import FrameModel, JointModel, PrecomputedFlowModel
+from flowaction.models.joint import FrameModel, JointModel, PrecomputedFlowModel, num_triplets
 
 
 def select_pairs(pair_flows: torch.Tensor, num_flows: int, stride: int) -> torch.Tensor:
@@ -46,8 +46,6 @@ def forward_batch(
     if isinstance(model, PrecomputedFlowModel):
         if "classical" not in batch:
             raise ValueError("this model needs precomputed flow in the batch (data.classical)")
-        from flowaction.models.joint import num_triplets
-
         count = num_triplets(frames.shape[2], model.triplet_stride)
         flows = select_pairs(batch["classical"].to(device), count, model.triplet_stride)
         logits, _ = model(flows)

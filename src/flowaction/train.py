@@ -15,7 +15,7 @@ from flowaction.checkpoint import load_checkpoint, restore_rng, rng_state, save_
 from flowaction.config import Config, save_config, to_dict
 from flowaction.data.cache import ClipCache
 from flowaction.data.clips import ClipDataset, ClipSpec, JitterSpec
-from flowaction.evaluate import gt_flow_for_model, run_evaluation, video_scores
+from flowaction.evaluate import flow_error_sums, run_evaluation, video_scores
 from flowaction.forward import forward_batch
 from flowaction.losses import LossWeights
 from flowaction.models.joint import build_joint_model
@@ -149,11 +149,8 @@ def train_one_epoch(
         for key, value in terms.items():
             sums[key] = sums.get(key, 0.0) + float(value.detach()) * size
         if "flow" in batch and flows is not None:  # generated data: score the flow being learnt against ground truth
-            with torch.no_grad():
-                gt, valid = gt_flow_for_model(batch["flow"].to(device), batch["valid"].to(device), flows.shape[2], cfg.model.triplet_stride)
-                mask = valid.float()
-                epe_sum += float((torch.linalg.vector_norm(flows.detach() - gt, dim=1) * mask).sum())
-                epe_count += float(mask.sum())
+            epe, _, count = flow_error_sums(flows, batch, cfg.model.triplet_stride)
+            epe_sum, epe_count = epe_sum + epe, epe_count + count
         bar.set_postfix(loss=f"{sums['total'] / clips:.3f}", acc=f"{correct / clips:.2f}")
     metrics = {key: value / clips for key, value in sums.items()}
     metrics["accuracy"] = correct / clips
