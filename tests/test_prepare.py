@@ -251,8 +251,8 @@ def test_two_workers_match_one(ucf_tree, ucf_cache, tmp_path):
     videos, splits = ucf_tree
     report = prepare("ucf101", videos, tmp_path / "cache", splits, size=36, workers=2, shard_videos=3, progress=False)
     assert report["videos"] == {"test": 6, "train": 6} and len(report["skipped"]) == 3
-    names = [m["name"] for m in finished_shards(tmp_path / "cache")]
-    assert any("-w1-" in n for n in names) and all("-r01-" in n for n in names)
+    # What two workers promise is the same cache as one; which worker decoded which video depends on
+    # scheduling and is not asserted.
     assert _content(tmp_path / "cache") == _content(ucf_cache)
 
 

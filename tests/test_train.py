@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -71,16 +72,28 @@ def test_checkpoint_is_atomic_and_weights_only(tmp_path):
     assert not (tmp_path / "c.pt.tmp").exists()
     assert torch.equal(load_checkpoint(path)["model"]["w"], torch.ones(2))
 
+    marker = tmp_path / "payload-ran"
+
     class Evil:
-        def __reduce__(self):
-            return (print, ("executed",))
+        def __reduce__(self):  # unpickling would create the marker file
+            return (Path.touch, (marker,))
 
     torch.save({"format": 1, "model": Evil()}, tmp_path / "evil.pt")
-    with pytest.raises(ValueError, match="not a readable"):
+    with pytest.raises(ValueError, match="contains code or objects") as caught:
         load_checkpoint(tmp_path / "evil.pt")
+    assert "weights_only=False" not in str(caught.value) and not marker.exists()
     (tmp_path / "cut.pt").write_bytes(path.read_bytes()[:50])
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="truncated, corrupt or another format"):
         load_checkpoint(tmp_path / "cut.pt")
+    (tmp_path / "junk.pt").write_bytes(bytes(range(256)) * 4)
+    with pytest.raises(ValueError, match="not a readable checkpoint"):
+        load_checkpoint(tmp_path / "junk.pt")
+    torch.save({"format": 99, "model": {}}, tmp_path / "newer.pt")
+    with pytest.raises(ValueError, match="newer flowaction"):
+        load_checkpoint(tmp_path / "newer.pt")
+    torch.save([1, 2], tmp_path / "list.pt")
+    with pytest.raises(ValueError, match="not a flowaction checkpoint"):
+        load_checkpoint(tmp_path / "list.pt")
 
 
 def test_demo_end_to_end_tiny(tmp_path):

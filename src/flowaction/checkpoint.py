@@ -10,6 +10,8 @@ executed). It holds plain types and tensors only::
 from __future__ import annotations
 
 import os
+import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -37,11 +39,40 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise FileNotFoundError(f"no checkpoint at {path}")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as error:  # corrupt file, foreign pickle, truncated write
-        raise ValueError(f"{path} is not a readable flowaction checkpoint: {error}") from error
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: unknown checkpoint format {state.get('format') if isinstance(state, dict) else type(state)}")
+    except pickle.UnpicklingError as error:
+        blocked = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+        if blocked is None:  # junk the unpickler could not parse
+            raise ValueError(f"{path} is not a readable checkpoint (truncated, corrupt or another format: "
+                             f"{_first_line(error)})") from None
+        # The weights-only unpickler met a class or a function (a reduce payload): the file carries
+        # code or objects other than tensors and plain types. It is refused before any of it runs.
+        raise ValueError(
+            f"{path} contains code or objects other than tensors and plain types (it references "
+            f"{blocked.group(1)}) and was not loaded; nothing in it was run. A flowaction checkpoint "
+            "holds only tensors and plain types."
+        ) from None
+    except Exception as error:  # truncated write, junk bytes, another file format
+        raise ValueError(
+            f"{path} is not a readable checkpoint (truncated, corrupt or another format: "
+            f"{type(error).__name__}: {_first_line(error)})"
+        ) from None
+    if not isinstance(state, dict) or "format" not in state:
+        raise ValueError(f"{path} is a PyTorch file but not a flowaction checkpoint (no 'format' entry)")
+    if state["format"] != CHECKPOINT_FORMAT:
+        newer = isinstance(state["format"], int) and state["format"] > CHECKPOINT_FORMAT
+        raise ValueError(
+            f"{path} has checkpoint format {state['format']!r}; this version of flowaction reads format "
+            f"{CHECKPOINT_FORMAT}" + (" (the file was written by a newer flowaction: upgrade)" if newer else "")
+        )
     return state
+
+
+def _first_line(error: BaseException) -> str:
+    """The most specific line of a loader's error, without PyTorch's advice to unpickle anyway."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    useful = [line for line in lines if "weights_only" not in line and "torch.load" not in line
+              and not line.startswith(("(1)", "(2)", "Please", "Check", "Weights only"))]
+    return (useful or [type(error).__name__])[0][:200]
 
 
 def rng_state() -> dict[str, Any]:

@@ -231,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         args.argv = argv
     try:
         return args.func(args)
-    except (ConfigError, FileNotFoundError, ValueError) as error:
+    except (ConfigError, FileNotFoundError, FileExistsError, ValueError) as error:
         print(f"flowaction {args.command}: error: {error}", file=sys.stderr)
         return 2
 

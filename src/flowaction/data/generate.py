@@ -7,7 +7,8 @@ counts is reused instead of regenerated.
 from __future__ import annotations
 
 import dataclasses
-import shutil
+import json
+import re
 from pathlib import Path
 
 from tqdm import tqdm
@@ -39,12 +40,12 @@ def synthetic_cache(
         "clips_per_class": dict(clips_per_class),
         "seed": seed,
     }
-    if (out_dir / INDEX_NAME).is_file():
+    if (out_dir / INDEX_NAME).is_file() and _is_generated_index(out_dir / INDEX_NAME):
         cache = ClipCache.open(out_dir)
         if _same(cache.index.get("meta", {}), meta):
             return cache
-    if out_dir.exists():  # a different or unfinished generation: start clean
-        shutil.rmtree(out_dir)
+    if out_dir.exists():  # a different or unfinished generation: remove only what generation wrote
+        _remove_generated(out_dir)
     classes = list(CLASS_NAMES[: spec.num_classes])
     total = sum(clips_per_class.values()) * len(classes)
     bar = tqdm(total=total, desc="generate", unit="clip", disable=not progress, mininterval=1.0)
@@ -69,6 +70,50 @@ def synthetic_cache(
 
 def _same(a: dict, b: dict) -> bool:
     """Compare metadata after a JSON round trip (tuples become lists)."""
-    import json
-
     return json.loads(json.dumps(a)) == json.loads(json.dumps(b))
+
+
+# The files a generation writes: shards named <split>-NNNNN, their temporary files, the index.
+_SHARD_FILE = re.compile(r"^(train|val|test)-\d{5}\.(frames|flow|valid)(\.tmp)?\.npy$|^(train|val|test)-\d{5}\.json(\.tmp)?$")
+
+
+def _remove_generated(out_dir: Path) -> None:
+    """Delete a stale or unfinished generated cache, refusing if ``out_dir`` holds anything else.
+
+    Only files this module writes are ever removed; a folder holding any other file (a user's data,
+    a prepared video cache, anything) raises :class:`FileExistsError` and is left untouched.
+    """
+    if not out_dir.is_dir():
+        raise FileExistsError(f"{out_dir} exists and is not a folder; choose another data folder")
+    foreign: list[str] = []  # relative names of files the generator did not write
+    ours: list[Path] = []
+    for entry in out_dir.iterdir():
+        if entry.name in (INDEX_NAME, INDEX_NAME + ".tmp") and entry.is_file():
+            if entry.name == INDEX_NAME and not _is_generated_index(entry):
+                foreign.append(entry.name)
+            ours.append(entry)
+        elif entry.name == "shards" and entry.is_dir():
+            for shard in entry.iterdir():
+                if shard.is_file() and _SHARD_FILE.match(shard.name):
+                    ours.append(shard)
+                else:
+                    foreign.append(f"shards/{shard.name}")
+        else:
+            foreign.append(entry.name)
+    if foreign:
+        names = ", ".join(sorted(foreign)[:5]) + (", ..." if len(foreign) > 5 else "")
+        raise FileExistsError(
+            f"{out_dir} holds files the benchmark generator did not write ({names}); nothing was deleted. "
+            "Choose an empty or new folder (--out, or data.synthetic_dir=...)"
+        )
+    for path in ours:
+        path.unlink()
+    if (out_dir / "shards").is_dir():
+        (out_dir / "shards").rmdir()
+
+
+def _is_generated_index(path: Path) -> bool:
+    try:
+        return json.loads(path.read_text()).get("meta", {}).get("source") == "synthetic"
+    except (OSError, ValueError, AttributeError):
+        return False
