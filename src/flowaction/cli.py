@@ -40,11 +40,14 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     cache = ClipCache.open(args.data)
     report = evaluate_checkpoint(args.checkpoint, cache, args.split, "test", args.device)
     write_eval_report(report, args.out)
+    from flowaction.evaluate import describe_flow_errors
+
     print(
         f"{args.split}: clip accuracy {report['clip_accuracy']:.4f}  video accuracy "
         f"{report['video_accuracy']:.4f}  top-5 {report['top5_video_accuracy']:.4f}"
-        + (f"  flow EPE {report['flow_epe']:.3f} px" if report["flow_epe"] is not None else "")
     )
+    if report["flow"]:
+        print(describe_flow_errors(report["flow"]))
     print(f"wrote {Path(args.out) / 'eval.json'} and {Path(args.out) / 'confusion.png'}")
     return 0
 
@@ -69,6 +72,32 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
         summary_only=args.summary_only,
     )
     print(path.read_text())
+    return 0
+
+
+def _cmd_pretrain_flow(args: argparse.Namespace) -> int:
+    from flowaction.config import load_config
+    from flowaction.demo import preset_path
+    from flowaction.pretrain import pretrain_flow
+    from flowaction.run import open_data
+
+    if args.data and args.videos:
+        raise ValueError("give --data CACHE or --videos DIR, not both")
+    overrides = list(args.overrides)
+    if args.videos:  # decode the folder once into OUT/cache (a rerun reuses it)
+        from flowaction.data.prepare import prepare
+
+        prepare("folder", args.videos, args.out / "cache", workers=1, progress=not args.no_progress, log=print)
+        overrides.append(f"data.cache={args.out / 'cache'}")
+    elif args.data:
+        overrides.append(f"data.cache={args.data}")
+    cfg = load_config(args.config or preset_path("pretrain"), overrides)
+    cache = open_data(cfg, args.out)
+    argv = sys.argv[1:] if args.argv is None else args.argv
+    summary = pretrain_flow(cfg, cache, args.out, args.steps, args.eval_every, resume=args.resume,
+                            progress=not args.no_progress, command="flowaction " + " ".join(map(str, argv)))
+    print(f"wrote {summary['weights']} after {summary['steps']} steps ({summary['wall_seconds']:.0f} s); "
+          f"use it with model.flow_init={summary['weights']}")
     return 0
 
 
@@ -217,6 +246,18 @@ def build_parser() -> argparse.ArgumentParser:
     ablate.add_argument("--summary-only", action="store_true", help="train nothing; summarise the finished runs")
     _add_overrides(ablate)
     ablate.set_defaults(func=_cmd_ablate, argv=None)
+
+    pre = sub.add_parser("pretrain-flow", help="train the flow network alone on unlabeled video (flow losses only)")
+    pre.add_argument("--data", type=Path, default=None, help="a prepared cache (default: the generated benchmark)")
+    pre.add_argument("--videos", type=Path, default=None, help="a folder of videos (ROOT/<any>/<video>), prepared first")
+    pre.add_argument("--out", type=Path, required=True, help="output directory (flownet.pt, curves.png, metrics.csv)")
+    pre.add_argument("--config", type=Path, default=None, help="YAML config (default: the packaged pretrain preset)")
+    pre.add_argument("--steps", type=int, default=3000, help="optimiser steps")
+    pre.add_argument("--eval-every", type=int, default=200, help="validate and write flownet.pt every N steps")
+    pre.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    pre.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_overrides(pre)
+    pre.set_defaults(func=_cmd_pretrain_flow, argv=None)
 
     keys = sub.add_parser("keys", help="list every config key with its default")
     keys.set_defaults(func=_cmd_keys)

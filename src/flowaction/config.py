@@ -62,6 +62,13 @@ class ModelConfig:
     flow_width: int = 16
     triplet_stride: int = 3
     input: str = "learned"  # learned | learned+frames | frames | dis | farneback
+    # share of the classifier's gradient that reaches the flow network: 1 = the paper's joint
+    # training, 0 = the flow network learns from the flow losses only (the classifier still
+    # sees and trains on the learned flow)
+    flow_grad_scale: float = 1.0
+    # where the flow network starts: none (random, the paper's from-scratch training), default
+    # (the pre-trained network shipped in the package) or the path of a flownet.pt / run checkpoint
+    flow_init: str = "none"
 
 
 @dataclass
@@ -85,11 +92,14 @@ class OptimConfig:
     lr: float = 1e-3
     weight_decay: float = 0.0
     epochs: int = 10
+    steps: int = 0  # > 0: train exactly this many optimiser steps (epochs follow); 0: optim.epochs decides
     batch_size: int = 16
     grad_clip: float = 10.0
     schedule: str = "cosine"  # cosine | constant
     warmup_epochs: float = 0.0
     flow_pretrain_epochs: int = 0  # > 0: two-stage training (flow first, then the classifier)
+    flow_warmup_epochs: float = 0.0  # > 0: the first epochs train on the flow losses only, then eq. 3
+    flow_lr_scale: float = 1.0  # learning rate of the flow network relative to optim.lr
     checkpoint_every: int = 1  # write last.pt every N epochs (and after the last one)
 
 
@@ -194,7 +204,13 @@ def validate(cfg: Config) -> Config:
         raise ConfigError("data.num_frames must be >= 3 (one triplet)")
     if cfg.data.crop > cfg.data.synthetic.size and not cfg.data.cache:
         raise ConfigError(f"data.crop {cfg.data.crop} exceeds data.synthetic.size {cfg.data.synthetic.size}")
-    for key in ("loss.classification", "loss.photometric", "loss.smoothness", "augment.noise_std"):
+    if cfg.model.flow_init != "none" and cfg.model.input not in ("learned", "learned+frames"):
+        raise ConfigError(f"model.flow_init={cfg.model.flow_init!r} needs a model with a flow network "
+                          f"(model.input learned or learned+frames, not {cfg.model.input!r})")
+    if cfg.optim.steps < 0:
+        raise ConfigError("optim.steps must be >= 0 (0: optim.epochs decides)")
+    for key in ("loss.classification", "loss.photometric", "loss.smoothness", "augment.noise_std",
+                "model.flow_grad_scale", "optim.flow_warmup_epochs", "optim.flow_lr_scale"):
         if flat[key] < 0:
             raise ConfigError(f"{key} must be >= 0")
     return cfg

@@ -26,10 +26,13 @@ class EvalResult:
     probs: np.ndarray
     videos: np.ndarray
     labels: np.ndarray
-    flow_epe: float | None = None
-    zero_flow_epe: float | None = None
+    flow: dict = field(default_factory=dict)  # FlowErrors.result(): empty without ground truth
     photometric_l1: float | None = None
     extra: dict = field(default_factory=dict)
+
+    @property
+    def flow_epe(self) -> float | None:
+        return self.flow.get("epe")
 
     @property
     def clip_accuracy(self) -> float:
@@ -49,15 +52,101 @@ def gt_flow_for_model(flow: torch.Tensor, valid: torch.Tensor, num_flows: int, s
     return select_pairs(flow, num_flows, stride), valid[:, index]
 
 
+#: A pixel "moves" when its ground-truth flow is longer than this (pixels). On a static background
+#: zero flow is exact almost everywhere, so EPE over all valid pixels hides whether a flow is flow;
+#: EPE over moving pixels does not.
+MOVING_THRESHOLD = 0.1
+
+
+class FlowErrors:
+    """Pixel-weighted end-point errors of several flows against ground truth, over many batches.
+
+    Every flow added with one :meth:`add` call is scored on exactly the same pixels: all valid
+    pixels, and the moving ones (valid and ``|gt| > MOVING_THRESHOLD``). :meth:`result` gives
+    ``{"epe", "moving_epe"}`` for the flow named ``learned`` and ``{name}_epe``,
+    ``{name}_moving_epe`` for the others (e.g. ``zero``, ``dis``), plus the pixel counts.
+    """
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+
+    def add(self, gt: torch.Tensor, valid: torch.Tensor, flows: dict[str, torch.Tensor]) -> None:
+        """gt and each flow ``(M, 2, H, W)`` in pixels (any leading shape); valid ``(M, H, W)`` bool."""
+        mask = valid.bool()
+        moving = mask & (torch.linalg.vector_norm(gt.float(), dim=-3) > MOVING_THRESHOLD)
+        self._add("valid_pixels", float(mask.sum()))
+        self._add("moving_pixels", float(moving.sum()))
+        for name, flow in flows.items():
+            error = torch.linalg.vector_norm(flow.detach().float() - gt.float(), dim=-3)
+            prefix = "" if name == "learned" else f"{name}_"
+            self._add(f"{prefix}epe", float(error[mask].sum()))
+            self._add(f"{prefix}moving_epe", float(error[moving].sum()))
+
+    def _add(self, key: str, value: float) -> None:
+        self.sums[key] = self.sums.get(key, 0.0) + value
+
+    def merge(self, other: "FlowErrors") -> None:
+        for key, value in other.sums.items():
+            self._add(key, value)
+
+    def result(self) -> dict[str, float | None]:
+        """Means per pixel (None where no pixel counted) and the two pixel counts."""
+        out: dict[str, float | None] = {}
+        for key, value in self.sums.items():
+            if key.endswith("_pixels"):
+                out[key] = value
+            else:
+                count = self.sums["moving_pixels" if key.endswith("moving_epe") else "valid_pixels"]
+                out[key] = value / count if count else None
+        return out
+
+
+def flow_summary(errors: dict) -> dict[str, float | None]:
+    """:meth:`FlowErrors.result` under report names: ``flow_epe``, ``flow_moving_epe``,
+    ``zero_flow_epe``, ``zero_flow_moving_epe``, ``dis_epe``, ``dis_moving_epe`` (None without
+    ground truth) and the pixel counts."""
+    names = {"epe": "flow_epe", "moving_epe": "flow_moving_epe", "zero_epe": "zero_flow_epe",
+             "zero_moving_epe": "zero_flow_moving_epe", "dis_epe": "dis_epe", "dis_moving_epe": "dis_moving_epe",
+             "valid_pixels": "flow_valid_pixels", "moving_pixels": "flow_moving_pixels"}
+    return {report: errors.get(key) for key, report in names.items()}
+
+
+def describe_flow_errors(errors: dict) -> str:
+    """One line: EPE over all valid and over moving pixels, learned beside zero flow and DIS."""
+
+    def px(key: str) -> str:
+        value = errors.get(key)
+        return "n/a" if value is None else f"{value:.3f}"
+
+    return (f"flow EPE all {px('epe')} (zero {px('zero_epe')}, DIS {px('dis_epe')}) | "
+            f"moving {px('moving_epe')} (zero {px('zero_moving_epe')}, DIS {px('dis_moving_epe')}) px")
+
+
+def classical_stack(frames: torch.Tensor, num_flows: int, stride: int, method: str = "dis") -> torch.Tensor:
+    """OpenCV flow on the pairs the model's flows relate: frames ``(B, 1, T, H, W)`` in [0, 1]
+    -> ``(B, 2, N, H, W)`` pixels (pair ``j*s -> j*s+1``)."""
+    from flowaction.flow.classical import classical_flow
+
+    images = (frames[:, 0].detach().cpu().numpy() * 255.0).round().astype(np.uint8)  # (B, T, H, W)
+    out = np.stack([
+        np.stack([classical_flow(clip[j * stride], clip[j * stride + 1], method) for j in range(num_flows)], axis=1)
+        for clip in images
+    ])
+    return torch.from_numpy(out).to(frames.device)
+
+
 @torch.no_grad()
-def flow_error_sums(flows: torch.Tensor, batch: dict, stride: int) -> tuple[float, float, float]:
-    """Summed end-point error of ``flows`` ``(B, 2, N, H, W)`` and of zero flow against the
-    batch's ground truth, and the number of valid pixels they were summed over."""
+def score_flows(flows: torch.Tensor, batch: dict, stride: int, classical: tuple[str, ...] = ("dis",)) -> FlowErrors:
+    """Score ``flows`` ``(B, 2, N, H, W)`` against the batch's ground truth, beside zero flow and
+    OpenCV flow (``classical``, computed on the batch's clean frames) on exactly the same pixels."""
     gt, valid = gt_flow_for_model(batch["flow"].to(flows.device), batch["valid"].to(flows.device), flows.shape[2], stride)
-    mask = valid.float()
-    epe = float((torch.linalg.vector_norm(flows.detach().float() - gt, dim=1) * mask).sum())
-    zero = float((torch.linalg.vector_norm(gt, dim=1) * mask).sum())
-    return epe, zero, float(mask.sum())
+    candidates = {"learned": flows, "zero": torch.zeros_like(gt)}
+    for method in classical:
+        candidates[method] = classical_stack(batch["frames"], flows.shape[2], stride, method).to(flows.device)
+    errors = FlowErrors()
+    # (B, 2, N, H, W) -> (B, N, 2, H, W) so that the vector dimension is -3 like the mask's layout
+    errors.add(gt.transpose(1, 2), valid, {name: flow.transpose(1, 2) for name, flow in candidates.items()})
+    return errors
 
 
 @torch.no_grad()
@@ -73,7 +162,7 @@ def run_evaluation(
     model.eval()
     totals: dict[str, float] = {}
     clips = 0
-    epe_sum = zero_sum = valid_count = 0.0
+    flow_errors = FlowErrors()
     l1_sum = l1_count = 0.0
     probs, videos, labels = [], [], []
     stride = getattr(model, "triplet_stride", 1)
@@ -95,15 +184,13 @@ def run_evaluation(
             l1_sum += float(((backward_warp(cur, flat) - prev).abs() * mask).sum())
             l1_count += float(mask.sum())
         if "flow" in batch and flows is not None:
-            epe, zero, count = flow_error_sums(flows, batch, stride)
-            epe_sum, zero_sum, valid_count = epe_sum + epe, zero_sum + zero, valid_count + count
+            flow_errors.merge(score_flows(flows, batch, stride))
     return EvalResult(
         losses={k: v / max(clips, 1) for k, v in totals.items()},
         probs=np.concatenate(probs),
         videos=np.concatenate(videos),
         labels=np.concatenate(labels),
-        flow_epe=epe_sum / valid_count if valid_count else None,
-        zero_flow_epe=zero_sum / valid_count if valid_count else None,
+        flow=flow_errors.result(),
         photometric_l1=l1_sum / l1_count if l1_count else None,
     )
 

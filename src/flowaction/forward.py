@@ -20,6 +20,29 @@ def select_pairs(pair_flows: torch.Tensor, num_flows: int, stride: int) -> torch
     return pair_flows[:, index].transpose(1, 2)
 
 
+class _ScaleGradient(torch.autograd.Function):
+    """Identity forward; the backward pass multiplies the gradient by ``scale``."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor, scale: float) -> torch.Tensor:
+        ctx.scale = scale
+        return tensor.view_as(tensor)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return grad * ctx.scale, None
+
+
+def scale_gradient(tensor: torch.Tensor, scale: float) -> torch.Tensor:
+    """``tensor`` unchanged, with the gradient flowing back through it scaled by ``scale``
+    (0 stops it, 1 is a no-op)."""
+    if scale == 1.0 or not tensor.requires_grad:
+        return tensor
+    if scale == 0.0:
+        return tensor.detach()
+    return _ScaleGradient.apply(tensor, scale)
+
+
 def forward_batch(
     model: torch.nn.Module,
     batch: dict,
@@ -27,6 +50,7 @@ def forward_batch(
     weights: LossWeights,
     noise_std: float = 0.0,
     freeze_flow: bool = False,
+    flow_grad_scale: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, torch.Tensor]]:
     """Run ``model`` on a loader batch and compute the joint loss.
 
@@ -34,6 +58,8 @@ def forward_batch(
         noise_std: Gaussian input noise (training only); the losses see the clean frames.
         freeze_flow: compute the learned flows without gradient (second stage of two-stage
             training).
+        flow_grad_scale: share of the classification gradient that reaches the flow network
+            (the flow losses always train it fully).
 
     Returns:
         ``(logits (B, K), flows (B, 2, N, H, W) or None, loss terms)``.
@@ -61,6 +87,6 @@ def forward_batch(
             flows = model.flows(noisy)
         if weights.occlusion:
             backward = model.backward_flows(noisy)
-    logits = model.classify(flows, noisy)
+    logits = model.classify(scale_gradient(flows, flow_grad_scale), noisy)
     terms = joint_loss(logits, labels, flows, frames, model.triplet_stride, weights, pyramid, backward)
     return logits, flows, terms

@@ -173,22 +173,18 @@ def _area_resize(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(image, size=size, mode="area")
 
 
-def joint_loss(
-    logits: torch.Tensor,
-    labels: torch.Tensor,
-    flows: torch.Tensor | None,
+def flow_loss_terms(
+    flows: torch.Tensor,
     frames: torch.Tensor,
     stride: int,
     weights: LossWeights = LossWeights(),
     pyramid: list[torch.Tensor] | None = None,
     backward_flows: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Eq. 3: ``a1 * CE + a2 * L_P + a3 * L_S`` over a batch of clips.
+    """The unsupervised terms of eq. 3 (eqs. 1 and 2), unweighted.
 
     Args:
-        logits: ``(B, K)``; labels: ``(B,)`` int64.
-        flows: ``(B, 2, N, H, W)`` stacked flows in pixels, or None for models without a flow
-            network (then only the classification term is computed).
+        flows: ``(B, 2, N, H, W)`` stacked flows in pixels.
         frames: ``(B, 1, T, H, W)`` clean frames in [0, 1] that produced ``flows``.
         stride: the triplet stride used by the model.
         pyramid: coarser flows ``[(B*N, 2, h, w), ...]`` (pixels of their scale), used when
@@ -199,12 +195,8 @@ def joint_loss(
             forward-backward check.
 
     Returns:
-        ``{"total", "classification", "photometric", "smoothness"}``, each a scalar tensor.
+        ``{"photometric", "smoothness"}``, scalar tensors.
     """
-    terms = {"classification": F.cross_entropy(logits, labels)}
-    if flows is None:
-        terms["total"] = weights.classification * terms["classification"]
-        return terms
     w = weights
     num_flows = flows.shape[2]
     flat_flows = flows.transpose(1, 2).flatten(0, 1)  # (B*N, 2, H, W)
@@ -233,9 +225,38 @@ def joint_loss(
             )
             norm += scale_weight
         photometric = total / norm
-    terms["photometric"] = photometric
-    terms["smoothness"] = smoothness
+    return {"photometric": photometric, "smoothness": smoothness}
+
+
+def joint_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    flows: torch.Tensor | None,
+    frames: torch.Tensor,
+    stride: int,
+    weights: LossWeights = LossWeights(),
+    pyramid: list[torch.Tensor] | None = None,
+    backward_flows: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
+    """Eq. 3: ``a1 * CE + a2 * L_P + a3 * L_S`` over a batch of clips.
+
+    Args:
+        logits: ``(B, K)``; labels: ``(B,)`` int64.
+        flows: ``(B, 2, N, H, W)`` stacked flows in pixels, or None for models without a flow
+            network (then only the classification term is computed).
+        frames, stride, pyramid, backward_flows: as in :func:`flow_loss_terms`.
+
+    Returns:
+        ``{"total", "classification", "photometric", "smoothness"}``, each a scalar tensor.
+    """
+    terms = {"classification": F.cross_entropy(logits, labels)}
+    if flows is None:
+        terms["total"] = weights.classification * terms["classification"]
+        return terms
+    terms.update(flow_loss_terms(flows, frames, stride, weights, pyramid, backward_flows))
     terms["total"] = (
-        w.classification * terms["classification"] + w.photometric * photometric + w.smoothness * smoothness
+        weights.classification * terms["classification"]
+        + weights.photometric * terms["photometric"]
+        + weights.smoothness * terms["smoothness"]
     )
     return terms

@@ -16,12 +16,17 @@ def _pyplot():
     return plt
 
 
-def plot_curves(csv_path: str | Path, png_path: str | Path) -> None:
-    """Accuracy, joint loss and (when logged) flow EPE per epoch, train against val."""
+def plot_curves(csv_path: str | Path, png_path: str | Path, xlabel: str = "epoch") -> None:
+    """Accuracy, joint loss and (when logged) flow EPE per epoch, train against val.
+
+    The CSV's ``epoch`` column is the x axis (``xlabel`` names it: a pre-training run logs steps).
+    """
     with open(csv_path) as handle:
         rows = list(csv.DictReader(handle))
     plt = _pyplot()
-    panels = [("accuracy", "accuracy [0, 1]"), ("total", "joint loss"), ("epe", "flow EPE (px)")]
+    panels = [("accuracy", "accuracy [0, 1]"), ("total", "joint loss"), ("photometric", "photometric loss"),
+              ("val_photometric", "val photometric loss"), ("epe", "flow EPE, all valid pixels (px)"),
+              ("moving_epe", "flow EPE, moving pixels (px)")]
     panels = [p for p in panels if any(row.get(p[0]) not in (None, "") for row in rows)]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4))
     axes = np.atleast_1d(axes)
@@ -31,12 +36,14 @@ def plot_curves(csv_path: str | Path, png_path: str | Path) -> None:
             if points:
                 xs, ys = zip(*points)
                 ax.plot(xs, ys, style, label=split, markersize=3)
-        if key == "epe":  # the reference a flow must beat: predicting no motion at all
-            zero = [(int(r["epoch"]), float(r["zero_epe"])) for r in rows if r["split"] == "val" and r.get("zero_epe")]
-            if zero:
-                xs, ys = zip(*zero)
-                ax.plot(xs, ys, "k--", label="zero flow (val)", linewidth=1)
-        ax.set_xlabel("epoch")
+        if key in ("epe", "moving_epe"):  # references on the same pixels: no motion at all, and OpenCV DIS
+            for method, style in (("zero", "k--"), ("dis", "k:")):
+                column = f"{method}_{key}"
+                points = [(int(r["epoch"]), float(r[column])) for r in rows if r["split"] == "val" and r.get(column)]
+                if points:
+                    xs, ys = zip(*points)
+                    ax.plot(xs, ys, style, label=f"{'zero flow' if method == 'zero' else 'DIS'} (val)", linewidth=1)
+        ax.set_xlabel(xlabel)
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
         ax.legend()

@@ -15,7 +15,7 @@ from flowaction.checkpoint import load_checkpoint, restore_rng, rng_state, save_
 from flowaction.config import Config, save_config, to_dict
 from flowaction.data.cache import ClipCache
 from flowaction.data.clips import ClipDataset, ClipSpec, JitterSpec
-from flowaction.evaluate import flow_error_sums, run_evaluation, video_scores
+from flowaction.evaluate import FlowErrors, describe_flow_errors, flow_summary, run_evaluation, score_flows, video_scores
 from flowaction.forward import forward_batch
 from flowaction.losses import LossWeights
 from flowaction.models.joint import build_joint_model
@@ -46,11 +46,15 @@ def stage_weights(cfg: Config, epoch: int) -> tuple[LossWeights, bool]:
 
     With ``optim.flow_pretrain_epochs = E > 0`` (two-stage training, as in Hidden Two-Stream),
     epochs ``< E`` train the flow network on the unsupervised terms alone; later epochs freeze it
-    and train the classifier on cross-entropy alone. Otherwise every epoch uses eq. 3 as is.
+    and train the classifier on cross-entropy alone. With ``optim.flow_warmup_epochs = W`` epochs
+    ``< W`` train on the flow losses alone and later ones on the whole of eq. 3 (nothing frozen).
+    Otherwise every epoch uses eq. 3 as is.
     """
     weights = loss_weights(cfg)
     pretrain = cfg.optim.flow_pretrain_epochs
     if pretrain <= 0:
+        if epoch < cfg.optim.flow_warmup_epochs:  # flow warm-up: the flow losses alone, nothing frozen
+            return dataclasses.replace(weights, classification=0.0), False
         return weights, False
     if epoch < pretrain:
         return dataclasses.replace(weights, classification=0.0), False
@@ -99,6 +103,27 @@ def make_loader(cfg: Config, cache: ClipCache, split: str, mode: str, shuffle: b
     )
 
 
+def build_optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Adam:
+    """Adam; the flow network in a group of its own whose rate is ``optim.flow_lr_scale`` x the
+    schedule's (each group's ``lr_scale`` is applied at every step)."""
+    flow_net = getattr(model, "flow_net", None)
+    flow_ids = {id(p) for p in flow_net.parameters()} if flow_net is not None else set()
+    groups = [{"params": [p for p in model.parameters() if id(p) not in flow_ids], "lr_scale": 1.0}]
+    if flow_ids:
+        groups.append({"params": list(flow_net.parameters()), "lr_scale": cfg.optim.flow_lr_scale})
+    for group in groups:
+        group["lr"] = cfg.optim.lr * group["lr_scale"]
+    return torch.optim.Adam(groups, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+
+
+def training_length(cfg: Config, steps_per_epoch: int) -> tuple[int, int]:
+    """``(optimiser steps, epochs)`` of a run: ``optim.steps`` when set (the last epoch is cut
+    short), else ``optim.epochs`` full epochs."""
+    if cfg.optim.steps > 0:
+        return cfg.optim.steps, math.ceil(cfg.optim.steps / steps_per_epoch)
+    return cfg.optim.epochs * steps_per_epoch, cfg.optim.epochs
+
+
 def learning_rate(cfg: Config, step: int, total_steps: int, steps_per_epoch: int) -> float:
     """Linear warm-up then cosine decay (or constant), a pure function of the step."""
     base = cfg.optim.lr
@@ -130,12 +155,17 @@ def train_one_epoch(
     sums: dict[str, float] = {}
     clips = 0
     correct = 0
-    epe_sum = epe_count = 0.0
+    flow_errors = FlowErrors()
     bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=not progress, mininterval=1.0)
     for batch in bar:
+        if step >= total_steps:  # optim.steps ends training inside an epoch
+            break
+        rate = learning_rate(cfg, step, total_steps, len(loader))
         for group in optimizer.param_groups:
-            group["lr"] = learning_rate(cfg, step, total_steps, len(loader))
-        logits, flows, terms = forward_batch(model, batch, device, weights, cfg.augment.noise_std, freeze_flow)
+            group["lr"] = rate * group.get("lr_scale", 1.0)
+        logits, flows, terms = forward_batch(
+            model, batch, device, weights, cfg.augment.noise_std, freeze_flow, cfg.model.flow_grad_scale
+        )
         labels = batch["label"].to(device)
         optimizer.zero_grad(set_to_none=True)
         terms["total"].backward()
@@ -149,14 +179,12 @@ def train_one_epoch(
         for key, value in terms.items():
             sums[key] = sums.get(key, 0.0) + float(value.detach()) * size
         if "flow" in batch and flows is not None:  # generated data: score the flow being learnt against ground truth
-            epe, _, count = flow_error_sums(flows, batch, cfg.model.triplet_stride)
-            epe_sum, epe_count = epe_sum + epe, epe_count + count
+            flow_errors.merge(score_flows(flows, batch, cfg.model.triplet_stride))
         bar.set_postfix(loss=f"{sums['total'] / clips:.3f}", acc=f"{correct / clips:.2f}")
     metrics = {key: value / clips for key, value in sums.items()}
     metrics["accuracy"] = correct / clips
     metrics["lr"] = optimizer.param_groups[0]["lr"]
-    if epe_count:
-        metrics["epe"] = epe_sum / epe_count
+    metrics.update({k: v for k, v in flow_errors.result().items() if not k.endswith("_pixels")})
     return metrics, step
 
 
@@ -195,11 +223,17 @@ def fit(
     device = resolve_device(cfg.device)
     classes = cache.classes
     model = build_model(cfg, len(classes)).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    optimizer = build_optimizer(cfg, model)
     train_loader = make_loader(cfg, cache, cfg.data.train_split, "train", shuffle=True)
     val_loader = make_loader(cfg, cache, cfg.data.val_split, "val")
     start_epoch, step, best = 0, 0, {"val_accuracy": -1.0, "epoch": -1}
     last_path = out / "last.pt"
+    if cfg.model.flow_init != "none" and not (resume and last_path.is_file()):
+        from flowaction.pretrain import load_flow_weights
+
+        meta = load_flow_weights(model.flow_net, cfg.model.flow_init)
+        log(f"flow network initialised from {cfg.model.flow_init}"
+            + (f" ({meta['steps']} pre-training steps)" if "steps" in meta else ""))
     if resume and last_path.is_file():
         state = load_checkpoint(last_path, map_location=device)
         model.load_state_dict(state["model"])
@@ -208,36 +242,38 @@ def fit(
         restore_rng(state["rng"])
         log(f"resumed from {last_path} at epoch {start_epoch}")
     logger = RunLogger(out)
-    total_steps = cfg.optim.epochs * len(train_loader)
+    total_steps, epochs = training_length(cfg, len(train_loader))
     started = time.time()
     weights = loss_weights(cfg)
-    for epoch in range(start_epoch, cfg.optim.epochs):
+    for epoch in range(start_epoch, epochs):
         train_loader.dataset.set_epoch(epoch)
         # the loader's shuffle order depends on the epoch too, so a resumed run matches
         train_loader.generator.manual_seed(cfg.seed * 1000 + epoch)
         train_metrics, step = train_one_epoch(model, train_loader, optimizer, cfg, device, epoch, step, total_steps, progress)
         result = run_evaluation(model, val_loader, device, weights, progress, desc="val")
         val_metrics = {
-            **result.losses, "accuracy": result.clip_accuracy, "epe": result.flow_epe, "zero_epe": result.zero_flow_epe,
+            **result.losses, "accuracy": result.clip_accuracy,
+            **{k: v for k, v in result.flow.items() if not k.endswith("_pixels")},
         }
         logger.log(epoch, "train", train_metrics)
         logger.log(epoch, "val", val_metrics)
         plot_curves(logger.csv_path, out / "curves.png")
         if val_metrics["accuracy"] > best["val_accuracy"]:
-            best = {"val_accuracy": val_metrics["accuracy"], "epoch": epoch, "val_epe": result.flow_epe}
+            best = {"val_accuracy": val_metrics["accuracy"], "epoch": epoch, "val_epe": result.flow_epe,
+                    "val_moving_epe": result.flow.get("moving_epe")}
             # best.pt is for evaluation: without the optimiser state it is a third of the size
             best_state = _checkpoint_state(cfg, classes, model, optimizer, epoch, step, best)
             best_state["optimizer"] = None
             save_checkpoint(out / "best.pt", best_state)
-        if (epoch + 1) % cfg.optim.checkpoint_every == 0 or epoch + 1 == cfg.optim.epochs:
+        if (epoch + 1) % cfg.optim.checkpoint_every == 0 or epoch + 1 == epochs:
             save_checkpoint(last_path, _checkpoint_state(cfg, classes, model, optimizer, epoch, step, best))
-        epe = f" epe {result.flow_epe:.3f}" if result.flow_epe is not None else ""
+        epe = f" | {describe_flow_errors(result.flow)}" if result.flow else ""
         log(
             f"epoch {epoch:3d}  train loss {train_metrics['total']:.4f} acc {train_metrics['accuracy']:.3f}"
             f" | val loss {val_metrics['total']:.4f} acc {val_metrics['accuracy']:.3f}{epe}"
         )
     logger.close()
-    return {"best": best, "epochs": cfg.optim.epochs, "wall_seconds": time.time() - started}
+    return {"best": best, "epochs": epochs, "steps": step, "wall_seconds": time.time() - started}
 
 
 def evaluate_checkpoint(
@@ -261,8 +297,8 @@ def evaluate_checkpoint(
         "clip_accuracy": result.clip_accuracy,
         "num_clips": int(len(result.labels)),
         "losses": result.losses,
-        "flow_epe": result.flow_epe,
-        "zero_flow_epe": result.zero_flow_epe,
+        **flow_summary(result.flow),
+        "flow": result.flow,
         "photometric_l1": result.photometric_l1,
         **video_scores(result, len(cache.classes)),
     }

@@ -32,6 +32,7 @@ class FlowNet(nn.Module):
     def __init__(self, width: int = 16, in_frames: int = 3, correlation_radius: int = 3) -> None:
         super().__init__()
         c1, c2, c3, c4 = width, 2 * width, 4 * width, 6 * width
+        self.width = width
         self.in_frames = in_frames
         self.correlation_radius = correlation_radius
         cost_channels = (2 * correlation_radius + 1) ** 2 if correlation_radius > 0 else 0

@@ -26,7 +26,25 @@ def num_triplets(num_frames: int, stride: int) -> int:
     return (num_frames - 3) // stride + 1
 
 
-class _Normalise(nn.Module):
+def triplet_index(time: int, stride: int, device=None, reverse: bool = False) -> torch.Tensor:
+    """Frame numbers ``(N, 3)`` of the triplets of a ``time``-frame clip: row ``j`` is
+    ``(j*s, j*s+1, j*s+2)``, or ``(j*s+1, j*s, j*s-1)`` clamped at 0 with ``reverse``."""
+    count = num_triplets(time, stride)
+    index = (torch.arange(count, device=device) * stride).unsqueeze(1)
+    if reverse:  # (k, k-1, k-2): the same pair seen backwards, clamped at the clip start
+        return (index + torch.tensor([1, 0, -1], device=device)).clamp_min(0)
+    return index + torch.arange(3, device=device)
+
+
+def make_triplets(frames: torch.Tensor, stride: int, reverse: bool = False) -> torch.Tensor:
+    """Clips ``(B, C, T, H, W)`` -> triplets ``(B * N, C, 3, H, W)``, clip-major."""
+    batch, channels, time, height, width = frames.shape
+    index = triplet_index(time, stride, frames.device, reverse)
+    groups = frames[:, :, index.flatten()].view(batch, channels, index.shape[0], 3, height, width)
+    return groups.transpose(1, 2).reshape(-1, channels, 3, height, width)
+
+
+class Normalise(nn.Module):
     """``(x - mean) / std`` with fixed constants: callers always pass frames in [0, 1]."""
 
     def __init__(self, mean: float = 0.5, std: float = 0.25) -> None:
@@ -66,21 +84,14 @@ class JointModel(nn.Module):
         self.action_net = action_net
         self.triplet_stride = triplet_stride
         self.fuse_frames = fuse_frames
-        self.normalise = _Normalise()
+        self.normalise = Normalise()
 
     def _frame_index(self, time: int, device, reverse: bool = False) -> torch.Tensor:
-        count = num_triplets(time, self.triplet_stride)
-        index = (torch.arange(count, device=device) * self.triplet_stride).unsqueeze(1)
-        if reverse:  # (k, k-1, k-2): the same pair seen backwards, clamped at the clip start
-            return (index + torch.tensor([1, 0, -1], device=device)).clamp_min(0)
-        return index + torch.arange(3, device=device)  # (N, 3)
+        return triplet_index(time, self.triplet_stride, device, reverse)
 
     def triplets(self, frames: torch.Tensor, reverse: bool = False) -> torch.Tensor:
         """``(B, 1, T, H, W)`` -> ``(B * N, 1, 3, H, W)``, clip-major."""
-        batch, channels, time, height, width = frames.shape
-        index = self._frame_index(time, frames.device, reverse)
-        groups = frames[:, :, index.flatten()].view(batch, channels, index.shape[0], 3, height, width)
-        return groups.transpose(1, 2).reshape(-1, channels, 3, height, width)
+        return make_triplets(frames, self.triplet_stride, reverse)
 
     def flows(self, frames: torch.Tensor, return_pyramid: bool = False):
         """Stacked flows ``(B, 2, N, H, W)`` in pixels for frames ``(B, 1, T, H, W)`` in [0, 1].
@@ -117,7 +128,7 @@ class FrameModel(nn.Module):
     def __init__(self, action_net: nn.Module) -> None:
         super().__init__()
         self.action_net = action_net
-        self.normalise = _Normalise()
+        self.normalise = Normalise()
 
     def forward(self, frames: torch.Tensor) -> tuple[torch.Tensor, None]:
         _check_frames(frames)

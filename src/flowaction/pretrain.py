@@ -1,0 +1,195 @@
+"""Self-supervised pre-training of the flow network on any video, and loading it into a model.
+
+The flow losses (photometric, eq. 1, and smoothness, eq. 2) need no labels, so the flow network can
+learn on any prepared cache, a folder of videos or the generated benchmark before joint training.
+A step takes ``optim.batch_size`` random frame triplets (a random start, a random crop and the
+colour jitter of a clip, drawn per triplet), a constant or cosine learning rate, and nothing of the
+action network. Every ``eval_every`` steps the flow is scored on the validation split: the
+photometric error and, where the cache carries ground truth, EPE over all valid and moving pixels
+beside zero flow and DIS on the same pixels.
+
+Outputs in ``OUT``: ``flownet.pt`` (the flow network's weights as plain tensors with its width:
+what ``model.flow_init=PATH`` reads), ``last.pt`` (for ``--resume``), ``metrics.csv``,
+``curves.png``, ``config.yaml``.
+"""
+from __future__ import annotations
+
+import os
+import time
+from importlib import resources
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from flowaction.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, restore_rng, rng_state, save_checkpoint
+from flowaction.config import Config, save_config, to_dict
+from flowaction.data.cache import ClipCache
+from flowaction.data.clips import ClipDataset, ClipSpec, JitterSpec, add_input_noise
+from flowaction.evaluate import FlowErrors, describe_flow_errors, score_flows
+from flowaction.losses import flow_loss_terms
+from flowaction.models.flownet import FlowNet
+from flowaction.models.joint import Normalise, make_triplets
+from flowaction.runlog import RunLogger
+
+FLOW_WEIGHTS = "flownet.pt"
+FLOW_KIND = "flownet"
+
+
+def default_flow_weights() -> Path:
+    """The flow network shipped with the package (see the README for how it was made)."""
+    return Path(str(resources.files("flowaction") / "weights" / "flownet-default.pt"))
+
+
+def save_flow_weights(path: str | os.PathLike, flow_net: FlowNet, meta: dict[str, Any]) -> None:
+    """Write a flow network as plain tensors plus its width (atomic)."""
+    state = {"kind": FLOW_KIND, "flow_width": flow_net.width, "model": flow_net.state_dict(), "meta": meta}
+    save_checkpoint(path, {**state, "config": {}, "classes": []})
+
+
+def load_flow_weights(flow_net: FlowNet, source: str | os.PathLike) -> dict:
+    """Load ``source`` (``default``, a ``flownet.pt`` or a joint-model checkpoint) into
+    ``flow_net`` strictly. Raises ValueError naming the mismatch (e.g. another width)."""
+    path = default_flow_weights() if str(source) == "default" else Path(source)
+    state = load_checkpoint(path)
+    if state.get("kind") == FLOW_KIND:
+        weights, width = state["model"], state["flow_width"]
+    else:  # a whole flowaction run checkpoint: take its flow network
+        weights = {k[len("flow_net."):]: v for k, v in state["model"].items() if k.startswith("flow_net.")}
+        if not weights:
+            raise ValueError(f"{path} holds no flow network (model.input "
+                             f"{state.get('config', {}).get('model', {}).get('input')!r})")
+        width = state.get("config", {}).get("model", {}).get("flow_width")
+    if width != flow_net.width:
+        raise ValueError(f"{path} holds a flow network of width {width}; this model has model.flow_width="
+                         f"{flow_net.width}: set model.flow_width={width} or pre-train one of that width")
+    try:
+        flow_net.load_state_dict(weights, strict=True)
+    except RuntimeError as error:
+        raise ValueError(f"{path}: flow network weights do not fit: {str(error).splitlines()[0]}") from None
+    return state.get("meta", {})
+
+
+def _loader(cfg: Config, cache: ClipCache, split: str, mode: str, batch: int, seed: int) -> DataLoader:
+    a = cfg.augment
+    jitter = JitterSpec(a.brightness, a.contrast, a.gamma, a.hflip)
+    frames = 3 if mode == "train" else cfg.data.num_frames  # a training item is one triplet
+    spec = ClipSpec(frames, cfg.data.frame_step, cfg.data.crop, 1)
+    dataset = ClipDataset(cache, split, mode, spec, jitter, seed=seed)
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(dataset, batch_size=batch, shuffle=mode == "train", drop_last=mode == "train",
+                      num_workers=cfg.data.num_workers, generator=generator)
+
+
+@torch.no_grad()
+def evaluate_flow(flow_net: FlowNet, loader: DataLoader, stride: int) -> dict:
+    """Photometric L1 and (with ground truth) EPE over all / moving pixels of a loader's clips."""
+    normalise = Normalise()
+    flow_net.eval()
+    errors, l1_sum, l1_count = FlowErrors(), 0.0, 0.0
+    for batch in loader:
+        frames = batch["frames"]
+        flat = flow_net(make_triplets(normalise(frames), stride))
+        flows = flat.view(frames.shape[0], -1, *flat.shape[1:]).transpose(1, 2)
+        terms = flow_loss_terms(flows, frames, stride)
+        l1_sum += float(terms["photometric"]) * frames.shape[0]
+        l1_count += frames.shape[0]
+        if "flow" in batch:
+            errors.merge(score_flows(flows, batch, stride))
+    flow_net.train()
+    result = {k: v for k, v in errors.result().items() if not k.endswith("_pixels")}
+    result["val_photometric"] = l1_sum / max(l1_count, 1)
+    return result
+
+
+def pretrain_flow(
+    cfg: Config,
+    cache: ClipCache,
+    out: str | Path,
+    steps: int,
+    eval_every: int = 200,
+    resume: bool = False,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+    command: str = "",
+) -> dict:
+    """Train ``FlowNet(cfg.model.flow_width)`` on the flow losses for ``steps`` steps into ``out``.
+
+    Uses ``cfg.optim.lr`` / ``schedule`` / ``batch_size`` (triplets per step), ``cfg.loss``,
+    ``cfg.augment`` and ``cfg.data.crop``; validation uses ``cfg.data.val_split`` clips of
+    ``cfg.data.num_frames`` frames at triplet stride ``cfg.model.triplet_stride``.
+    ``command`` (the command line that ran it) is recorded in ``flownet.pt``.
+    Returns the last validation metrics and the wall time.
+    """
+    from flowaction.plots import plot_curves
+    from flowaction.train import learning_rate, loss_weights
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    torch.manual_seed(cfg.seed)
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    flow_net = FlowNet(width=cfg.model.flow_width)
+    normalise = Normalise()
+    optimizer = torch.optim.Adam(flow_net.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    weights = loss_weights(cfg)
+    step, last = 0, out / "last.pt"
+    if resume and last.is_file():
+        state = load_checkpoint(last)
+        flow_net.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        step = state["step"]
+        restore_rng(state["rng"])
+        log(f"resumed from {last} at step {step}")
+    train = _loader(cfg, cache, cfg.data.train_split, "train", cfg.optim.batch_size, cfg.seed)
+    val = _loader(cfg, cache, cfg.data.val_split, "val", 16, cfg.seed)
+    logger = RunLogger(out, tensorboard=False)
+    started, sums, count = time.time(), {"photometric": 0.0, "smoothness": 0.0}, 0
+    bar = tqdm(total=steps, initial=step, desc="pretrain-flow", disable=not progress, mininterval=1.0)
+    metrics: dict = {}
+    epoch = step // max(len(train), 1)
+    while step < steps:
+        train.dataset.set_epoch(epoch)
+        train.generator.manual_seed(cfg.seed * 1000 + epoch)
+        for batch in train:
+            if step >= steps:
+                break
+            rate = learning_rate(cfg, step, steps, len(train))
+            for group in optimizer.param_groups:
+                group["lr"] = rate
+            frames = batch["frames"]  # (B, 1, 3, H, W): one triplet per item
+            noisy = add_input_noise(frames, cfg.augment.noise_std)
+            flows = flow_net(normalise(noisy)).unsqueeze(2)  # (B, 2, 1, H, W)
+            terms = flow_loss_terms(flows, frames, 1, weights)
+            loss = weights.photometric * terms["photometric"] + weights.smoothness * terms["smoothness"]
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.optim.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(flow_net.parameters(), cfg.optim.grad_clip)
+            optimizer.step()
+            step += 1
+            count += 1
+            for key in sums:
+                sums[key] += float(terms[key].detach())
+            bar.update(1)
+            if step % eval_every == 0 or step == steps:
+                metrics = evaluate_flow(flow_net, val, cfg.model.triplet_stride)
+                logger.log(step, "train", {k: v / count for k, v in sums.items()} | {"lr": rate})
+                logger.log(step, "val", metrics)
+                sums, count = {k: 0.0 for k in sums}, 0
+                plot_curves(logger.csv_path, out / "curves.png", xlabel="step")
+                save_checkpoint(last, {"config": to_dict(cfg), "classes": [], "model": flow_net.state_dict(),
+                                       "optimizer": optimizer.state_dict(), "step": step, "rng": rng_state()})
+                meta = {"steps": step, "data": str(cache.root), "val": metrics, "command": command,
+                        "seconds": time.time() - started}
+                save_flow_weights(out / FLOW_WEIGHTS, flow_net, meta)
+                flow = describe_flow_errors(metrics) if "epe" in metrics else ""
+                log(f"step {step:6d}  photometric {metrics['val_photometric']:.5f}  {flow}")
+        epoch += 1
+    bar.close()
+    logger.close()
+    return {"steps": step, "val": metrics, "wall_seconds": time.time() - started,
+            "weights": str(out / FLOW_WEIGHTS), "format": CHECKPOINT_FORMAT}

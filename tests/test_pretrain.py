@@ -1,0 +1,70 @@
+"""pretrain-flow end to end, resume, and model.flow_init loading."""
+import csv
+
+import pytest
+import torch
+
+from flowaction.checkpoint import load_checkpoint
+from flowaction.cli import main
+from flowaction.config import ConfigError, from_dict
+from flowaction.models.flownet import FlowNet
+from flowaction.pretrain import load_flow_weights
+from flowaction.run import open_data
+from flowaction.train import fit
+
+from test_variants import TINY
+
+DATA = ["data.synthetic.size=36", "data.synthetic.num_frames=7", "data.num_frames=7", "data.synthetic.num_classes=4",
+        "data.synthetic.train_per_class=3", "data.synthetic.val_per_class=1", "model.flow_width=8",
+        "model.triplet_stride=2", "optim.batch_size=8", "threads=1"]
+
+
+def _rows(out):
+    with open(out / "metrics.csv") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_pretrain_flow_runs_resumes_and_writes_its_outputs(tmp_path):
+    out = tmp_path / "pre"
+    args = ["pretrain-flow", "--out", str(out), "--eval-every", "5", "--no-progress", *DATA,
+            f"data.synthetic_dir={tmp_path / 'data'}"]
+    assert main(args + ["--steps", "5"]) == 0
+    for name in ("flownet.pt", "last.pt", "metrics.csv", "curves.png", "config.yaml"):
+        assert (out / name).is_file(), name
+    first = load_checkpoint(out / "flownet.pt")
+    assert first["kind"] == "flownet" and first["flow_width"] == 8 and first["meta"]["steps"] == 5
+    assert main(args + ["--steps", "10", "--resume"]) == 0
+    assert load_checkpoint(out / "last.pt")["step"] == 10
+    val = [r for r in _rows(out) if r["split"] == "val"]
+    assert [int(r["epoch"]) for r in val] == [5, 10]  # resumed at step 5, not started again
+    for key in ("epe", "moving_epe", "zero_moving_epe", "dis_moving_epe", "val_photometric"):
+        assert float(val[-1][key]) >= 0, key
+    # the weights moved between the two evaluations
+    second = load_checkpoint(out / "flownet.pt")
+    assert not torch.equal(first["model"]["predict1.weight"], second["model"]["predict1.weight"])
+
+
+def test_flow_init_loads_strictly_and_names_a_width_mismatch(tmp_path):
+    out = tmp_path / "pre"
+    assert main(["pretrain-flow", "--out", str(out), "--steps", "2", "--eval-every", "2", "--no-progress", *DATA,
+                 f"data.synthetic_dir={tmp_path / 'data'}"]) == 0
+    net = FlowNet(width=8)
+    load_flow_weights(net, out / "flownet.pt")
+    saved = load_checkpoint(out / "flownet.pt")["model"]
+    assert all(torch.equal(net.state_dict()[k], v) for k, v in saved.items())
+    with pytest.raises(ValueError, match="width 8.*model.flow_width=16"):
+        load_flow_weights(FlowNet(width=16), out / "flownet.pt")
+    # joint training starts from it: the run's flow network equals the pre-trained one before any step
+    cfg = from_dict({}, TINY + [f"model.flow_init={out / 'flownet.pt'}", "optim.steps=1", "optim.lr=1e-12",
+                                f"data.synthetic_dir={tmp_path / 'tiny'}"])
+    cache = open_data(cfg, tmp_path)
+    messages = []
+    fit(cfg, cache, tmp_path / "run", progress=False, log=messages.append)
+    state = load_checkpoint(tmp_path / "run" / "last.pt")["model"]
+    assert torch.allclose(state["flow_net.stem.weight"], saved["stem.weight"], atol=1e-6)
+    assert any("initialised from" in m for m in messages)
+
+
+def test_flow_init_needs_a_flow_network():
+    with pytest.raises(ConfigError, match="flow network"):
+        from_dict({}, ["model.input=frames", "model.flow_init=default"])
