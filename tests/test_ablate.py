@@ -21,9 +21,10 @@ def test_ablate_writes_summary_and_resumes(tmp_path):
     result = json.loads((out / "runs" / "learned" / "seed1" / "result.json").read_text())
     assert result["config"]["seed"] == 1 and result["flow_epe"] is not None and result["parameters"] > 0
     assert not (out / "runs" / "learned" / "seed1" / "best.pt").exists()  # checkpoints dropped
-    # n=2 trains on 2 clips per class for twice the epochs: the same number of steps
+    # n=2 trains on 2 clips per class (1 step an epoch) for exactly the steps of a full-data run (2)
     small = json.loads((out / "sweep" / "n2" / "dis" / "seed0" / "result.json").read_text())
-    assert small["config"]["data"]["max_train_per_class"] == 2 and small["config"]["optim"]["epochs"] == 2
+    full = json.loads((out / "runs" / "learned" / "seed0" / "result.json").read_text())
+    assert small["config"]["data"]["max_train_per_class"] == 2 and small["steps"] == full["steps"] == 2
     # a second run finds every result and trains nothing: results are unchanged
     stamp = (out / "runs" / "frames" / "seed0" / "result.json").stat().st_mtime_ns
     assert main(args) == 0

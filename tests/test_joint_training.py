@@ -80,3 +80,30 @@ def test_optim_steps_stops_inside_an_epoch(cache, tmp_path):
     assert summary["steps"] == 3 and summary["epochs"] == math.ceil(3 / 2)
     # the cosine schedule ends at the last of the 3 steps, not at the end of optim.epochs
     assert learning_rate(cfg, 3, 3, 2) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_classical_baseline_sees_the_learned_models_input(cache):
+    from flowaction.forward import classical_stack
+
+    cfg = from_dict({}, TINY + ["model.input=dis"])  # classical_on=input is the default
+    model = build_model(cfg, len(cache.classes))
+    loader = make_loader(cfg, cache, "train", "train")
+    batch = next(iter(loader))
+    assert "classical" not in batch  # nothing precomputed: computed from the batch itself
+    weights = stage_weights(cfg, 0)[0]
+    _, clean_flows, _ = forward_batch(model, batch, torch.device("cpu"), weights, noise_std=0.0)
+    assert torch.equal(clean_flows, classical_stack(batch["frames"], clean_flows.shape[2], 2, "dis"))
+    torch.manual_seed(0)
+    _, noisy_flows, _ = forward_batch(model, batch, torch.device("cpu"), weights, noise_std=0.5)
+    assert not torch.equal(noisy_flows, clean_flows)  # the noise the flow network would see reaches DIS too
+    clean_cfg = from_dict({}, TINY + ["model.input=dis", "model.classical_on=clean"])
+    assert "classical" in next(iter(make_loader(clean_cfg, cache, "train", "val")))
+
+
+def test_random_flow_output_init_starts_away_from_zero_flow(cache):
+    batch = next(iter(make_loader(from_dict({}, TINY), cache, "train", "val")))
+    for init, moves in (("zero", False), ("random", True)):
+        torch.manual_seed(0)
+        model = build_model(from_dict({}, TINY + [f"model.flow_output_init={init}"]), len(cache.classes))
+        flows = model.flows(batch["frames"])
+        assert bool(flows.abs().max() > 0) == moves, init

@@ -8,7 +8,7 @@ from flowaction.checkpoint import load_checkpoint
 from flowaction.cli import main
 from flowaction.config import ConfigError, from_dict
 from flowaction.models.flownet import FlowNet
-from flowaction.pretrain import load_flow_weights
+from flowaction.pretrain import default_flow_weights, load_flow_weights
 from flowaction.run import open_data
 from flowaction.train import fit
 
@@ -68,3 +68,10 @@ def test_flow_init_loads_strictly_and_names_a_width_mismatch(tmp_path):
 def test_flow_init_needs_a_flow_network():
     with pytest.raises(ConfigError, match="flow network"):
         from_dict({}, ["model.input=frames", "model.flow_init=default"])
+def test_default_flow_network_ships_and_loads():
+    path = default_flow_weights()
+    assert path.is_file(), "the package ships a pre-trained flow network"
+    state = load_checkpoint(path)
+    net = FlowNet(width=state["flow_width"])
+    meta = load_flow_weights(net, "default")
+    assert meta["steps"] > 0 and "command" in meta

@@ -16,18 +16,35 @@ from flowaction.data.cache import atomic_write_json
 
 # variant name -> config overrides (the two-stage split is filled in from the epoch count)
 VARIANTS: dict[str, list[str]] = {
+    # the joint model as fixed here (a tenth of the classifier's gradient into the flow network),
+    # from scratch and from the shipped self-supervised flow network; and as the paper trains it
     "learned": [],
+    "learned-pretrained": ["model.flow_init=default"],
+    "paper": ["model.flow_grad_scale=1"],
     "learned+frames": ["model.input=learned+frames"],
     "frames": ["model.input=frames"],
     "dis": ["model.input=dis"],
     "farneback": ["model.input=farneback"],
-    "no-flow-loss": ["loss.photometric=0", "loss.smoothness=0"],
+    # no flow loss: the classifier alone shapes the flow; random output layers so it can leave zero flow
+    "no-flow-loss": ["loss.photometric=0", "loss.smoothness=0", "model.flow_output_init=random"],
     "two-stage": ["optim.flow_pretrain_epochs={half}"],
+    # remedies that keep the flow network a flow learner inside the joint loss
+    "grad-scale-0": ["model.flow_grad_scale=0"],
+    "flow-warmup": ["optim.flow_warmup_epochs={half}"],
     "multiscale": ["loss.multiscale=true"],
     "edge-aware": ["loss.edge_aware=10"],
     "occlusion": ["loss.occlusion=true"],
     "census": ["loss.data_term=census"],
     "ssim": ["loss.data_term=ssim"],
+    # the paper's open questions: too few stacked flows (clip length T, triplet stride s)? loss weighting?
+    "T8": ["data.num_frames=8"],
+    "T32": ["data.num_frames=32"],
+    "s1": ["model.triplet_stride=1"],
+    "a2=1": ["loss.photometric=1"],
+    "a2=10": ["loss.photometric=10"],
+    "a2=1000": ["loss.photometric=1000"],
+    "a3=0.1": ["loss.smoothness=0.1"],
+    "a3=10": ["loss.smoothness=10"],
 }
 SWEEP_RUNS = ("learned", "frames", "dis")
 
@@ -57,6 +74,7 @@ def run_one(cfg: Config, cache, run_dir: Path, keep_checkpoints: bool = False, p
         **{key: report[key] for key in FLOW_KEYS},
         "photometric_l1": report.get("photometric_l1"),
         "train_seconds": summary["wall_seconds"],
+        "steps": summary["steps"],
         "parameters": sum(p.numel() for p in model.parameters()),
         "train_clips": report.get("train_clips"),
         "config": to_dict(cfg),
@@ -209,12 +227,14 @@ def run_ablation(
             if full and n >= full and variant in results:  # the whole training split: reuse
                 sweep[variant][n] = results[variant]
                 continue
-            # the same number of optimisation steps at every data size
-            epochs = base.optim.epochs if not full else max(1, math.ceil(base.optim.epochs * full / n))
+            # exactly the optimisation steps of a full-data run at every data size
+            steps = base.optim.epochs * math.ceil(len(cache.split(base.data.train_split)) / base.optim.batch_size)
+            small = math.ceil(min(n, full or n) * len(cache.classes) / base.optim.batch_size)
+            epochs = math.ceil(steps / small)
             for seed in range(seeds):
                 # as many checkpoints as a full-data run writes, not one per (short) epoch
                 every = max(1, epochs // base.optim.epochs)
-                extra = [f"data.max_train_per_class={n}", f"optim.epochs={epochs}", f"optim.checkpoint_every={every}"]
+                extra = [f"data.max_train_per_class={n}", f"optim.steps={steps}", f"optim.checkpoint_every={every}"]
                 cfg = variant_config(base, variant, seed, extra)
                 run_dir = out / "sweep" / f"n{n}" / variant / f"seed{seed}"
                 if summary_only and not (run_dir / "result.json").is_file():

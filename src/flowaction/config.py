@@ -63,12 +63,17 @@ class ModelConfig:
     triplet_stride: int = 3
     input: str = "learned"  # learned | learned+frames | frames | dis | farneback
     # share of the classifier's gradient that reaches the flow network: 1 = the paper's joint
-    # training, 0 = the flow network learns from the flow losses only (the classifier still
-    # sees and trains on the learned flow)
-    flow_grad_scale: float = 1.0
+    # training (its flow then stays at zero-flow quality), 0 = the flow network learns from the
+    # flow losses only (the classifier still sees and trains on the learned flow)
+    flow_grad_scale: float = 0.1
     # where the flow network starts: none (random, the paper's from-scratch training), default
     # (the pre-trained network shipped in the package) or the path of a flownet.pt / run checkpoint
     flow_init: str = "none"
+    # dis / farneback inputs: "input" computes OpenCV flow on exactly the frames the learned flow
+    # network sees (jittered, cropped, with the Gaussian noise), "clean" reads it precomputed from
+    # the clean frames in the cache
+    classical_on: str = "input"
+    flow_output_init: str = "zero"  # zero (start at zero flow) | random (PyTorch's default init)
 
 
 @dataclass
@@ -121,6 +126,8 @@ _CHOICES = {
     "optim.schedule": ("cosine", "constant"),
     "model.input": ("learned", "learned+frames", "frames", "dis", "farneback"),
     "loss.data_term": ("charbonnier", "census", "ssim"),
+    "model.classical_on": ("input", "clean"),
+    "model.flow_output_init": ("zero", "random"),
 }
 _POSITIVE = {
     "data.num_frames", "data.frame_step", "data.crop", "data.test_clips", "model.flow_width",

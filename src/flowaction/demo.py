@@ -84,6 +84,11 @@ def run_demo(
     cache = open_data(cfg, out)
     generated = time.time()
     log(f"data: {len(cache.videos)} clips of {len(cache.classes)} motion classes in {cache.root}")
+    if cfg.model.flow_init == "default":
+        log("flow network: starts from the pre-trained network shipped with flowaction (self-supervised on the "
+            "generated benchmark); model.flow_init=none trains it from scratch as in the paper")
+    elif cfg.model.flow_init != "none":
+        log(f"flow network: starts from {cfg.model.flow_init}")
     fit(cfg, cache, out, resume=resume, progress=progress, log=log)
     trained = time.time()
     split = cfg.data.test_split
@@ -96,6 +101,8 @@ def run_demo(
         "top5_video_accuracy": report["top5_video_accuracy"],
         **{key: report[key] for key in report if key.endswith("_epe") or key.startswith("flow_")},
         "chance_accuracy": 1.0 / len(cache.classes),
+        "flow_init": cfg.model.flow_init,
+        "flow_grad_scale": cfg.model.flow_grad_scale,
         "num_classes": len(cache.classes),
         "test_clips": report["num_clips"],
         "generate_seconds": generated - started,

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from flowaction.forward import forward_batch, select_pairs
+from flowaction.forward import classical_stack, forward_batch, select_pairs
 from flowaction.losses import LossWeights, clip_triplet_pairs
 from flowaction.warp import backward_warp, in_frame_mask
 
@@ -120,19 +120,6 @@ def describe_flow_errors(errors: dict) -> str:
 
     return (f"flow EPE all {px('epe')} (zero {px('zero_epe')}, DIS {px('dis_epe')}) | "
             f"moving {px('moving_epe')} (zero {px('zero_moving_epe')}, DIS {px('dis_moving_epe')}) px")
-
-
-def classical_stack(frames: torch.Tensor, num_flows: int, stride: int, method: str = "dis") -> torch.Tensor:
-    """OpenCV flow on the pairs the model's flows relate: frames ``(B, 1, T, H, W)`` in [0, 1]
-    -> ``(B, 2, N, H, W)`` pixels (pair ``j*s -> j*s+1``)."""
-    from flowaction.flow.classical import classical_flow
-
-    images = (frames[:, 0].detach().cpu().numpy() * 255.0).round().astype(np.uint8)  # (B, T, H, W)
-    out = np.stack([
-        np.stack([classical_flow(clip[j * stride], clip[j * stride + 1], method) for j in range(num_flows)], axis=1)
-        for clip in images
-    ])
-    return torch.from_numpy(out).to(frames.device)
 
 
 @torch.no_grad()

@@ -4,6 +4,7 @@ Shared by training and evaluation so both see the same inputs for every model ki
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from flowaction.data.clips import add_input_noise
@@ -43,6 +44,19 @@ def scale_gradient(tensor: torch.Tensor, scale: float) -> torch.Tensor:
     return _ScaleGradient.apply(tensor, scale)
 
 
+def classical_stack(frames: torch.Tensor, num_flows: int, stride: int, method: str = "dis") -> torch.Tensor:
+    """OpenCV flow on the pairs the model's flows relate: frames ``(B, 1, T, H, W)`` in [0, 1]
+    -> ``(B, 2, N, H, W)`` pixels (pair ``j*s -> j*s+1``)."""
+    from flowaction.flow.classical import classical_flow
+
+    images = (frames[:, 0].detach().cpu().numpy() * 255.0).round().astype(np.uint8)  # (B, T, H, W)
+    out = np.stack([
+        np.stack([classical_flow(clip[j * stride], clip[j * stride + 1], method) for j in range(num_flows)], axis=1)
+        for clip in images
+    ])
+    return torch.from_numpy(out).to(frames.device)
+
+
 def forward_batch(
     model: torch.nn.Module,
     batch: dict,
@@ -70,10 +84,12 @@ def forward_batch(
         logits, _ = model(add_input_noise(frames, noise_std))
         return logits, None, joint_loss(logits, labels, None, frames, 1, weights)
     if isinstance(model, PrecomputedFlowModel):
-        if "classical" not in batch:
-            raise ValueError("this model needs precomputed flow in the batch (data.classical)")
         count = num_triplets(frames.shape[2], model.triplet_stride)
-        flows = select_pairs(batch["classical"].to(device), count, model.triplet_stride)
+        if "classical" in batch:  # precomputed on the clean frames (model.classical_on=clean)
+            flows = select_pairs(batch["classical"].to(device), count, model.triplet_stride)
+        else:  # on the very input a learned flow network would see: jitter, crop and noise
+            noisy = add_input_noise(frames, noise_std).clamp(0.0, 1.0)
+            flows = classical_stack(noisy, count, model.triplet_stride, model.method)
         logits, _ = model(flows)
         return logits, flows, joint_loss(logits, labels, None, frames, 1, weights)
     if not isinstance(model, JointModel):

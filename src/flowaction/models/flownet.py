@@ -27,9 +27,11 @@ class FlowNet(nn.Module):
     Args:
         width: channels of the first stage; later stages use 2x, 4x and 6x.
         in_frames: frames per input group (3 in the paper).
+        zero_output: start the prediction layers at zero (zero flow); False keeps PyTorch's
+            random initialisation, so the first flows are small random fields.
     """
 
-    def __init__(self, width: int = 16, in_frames: int = 3, correlation_radius: int = 3) -> None:
+    def __init__(self, width: int = 16, in_frames: int = 3, correlation_radius: int = 3, zero_output: bool = True) -> None:
         super().__init__()
         c1, c2, c3, c4 = width, 2 * width, 4 * width, 6 * width
         self.width = width
@@ -51,8 +53,10 @@ class FlowNet(nn.Module):
         self.predict2 = nn.Conv2d(c2, 2, 3, padding=1)
         self.dec1 = _conv(c2 + c2 + 2, c1)
         self.predict1 = nn.Conv2d(c1, 2, 3, padding=1)
-        for predictor in (self.predict3, self.predict2, self.predict1):
-            # start from zero flow: the identity warp is the natural initial guess
+        for predictor in (self.predict3, self.predict2, self.predict1) if zero_output else ():
+            # start from zero flow: the identity warp is the natural initial guess. Without a flow
+            # loss nothing would then move it (the action network's ReLUs pass no gradient at a
+            # constant zero input), hence the option of PyTorch's random initialisation.
             nn.init.zeros_(predictor.weight)
             nn.init.zeros_(predictor.bias)
 

@@ -142,10 +142,11 @@ class PrecomputedFlowModel(nn.Module):
     pairs the joint model uses, and returns ``(logits, flows)``.
     """
 
-    def __init__(self, action_net: nn.Module, triplet_stride: int = 3) -> None:
+    def __init__(self, action_net: nn.Module, triplet_stride: int = 3, method: str = "dis") -> None:
         super().__init__()
         self.action_net = action_net
         self.triplet_stride = triplet_stride
+        self.method = method  # which OpenCV flow feeds it: "dis" or "farneback"
 
     def forward(self, flows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.action_net(flows), flows
@@ -158,6 +159,7 @@ def build_joint_model(
     flow_width: int = 16,
     triplet_stride: int = 3,
     input: str = "learned",
+    zero_flow_output: bool = True,
 ) -> nn.Module:
     """The model for an action-network ``input`` (see :data:`INPUTS`); "learned" is the paper's."""
     if input not in INPUTS:
@@ -166,11 +168,11 @@ def build_joint_model(
         return FrameModel(resnet3d(depth, in_channels=1, num_classes=num_classes, shortcut=shortcut))
     if input in ("dis", "farneback"):
         return PrecomputedFlowModel(
-            resnet3d(depth, in_channels=2, num_classes=num_classes, shortcut=shortcut), triplet_stride
+            resnet3d(depth, in_channels=2, num_classes=num_classes, shortcut=shortcut), triplet_stride, input
         )
     fuse = input == "learned+frames"
     return JointModel(
-        FlowNet(width=flow_width),
+        FlowNet(width=flow_width, zero_output=zero_flow_output),
         resnet3d(depth, in_channels=3 if fuse else 2, num_classes=num_classes, shortcut=shortcut),
         triplet_stride=triplet_stride,
         fuse_frames=fuse,
