@@ -144,8 +144,10 @@ def run_evaluation(
     weights: LossWeights,
     progress: bool = True,
     desc: str = "eval",
+    classical: tuple[str, ...] = ("dis",),
 ) -> EvalResult:
-    """One pass over ``loader`` with ``model`` in eval mode."""
+    """One pass over ``loader`` with ``model`` in eval mode; ``classical``: the OpenCV flows scored
+    beside the learned one (where the data carries ground truth)."""
     model.eval()
     totals: dict[str, float] = {}
     clips = 0
@@ -171,7 +173,7 @@ def run_evaluation(
             l1_sum += float(((backward_warp(cur, flat) - prev).abs() * mask).sum())
             l1_count += float(mask.sum())
         if "flow" in batch and flows is not None:
-            flow_errors.merge(score_flows(flows, batch, stride))
+            flow_errors.merge(score_flows(flows, batch, stride, classical))
     return EvalResult(
         losses={k: v / max(clips, 1) for k, v in totals.items()},
         probs=np.concatenate(probs),

@@ -23,7 +23,7 @@ from flowaction.plots import plot_curves
 from flowaction.runlog import RunLogger
 
 
-TRAIN_SCORE_EVERY = 5  # training-split flow metrics come from every 5th batch
+TRAIN_SCORE_EVERY = 10  # training-split flow metrics come from every 10th batch
 
 
 def resolve_device(name: str) -> torch.device:
@@ -253,12 +253,18 @@ def fit(
     total_steps, epochs = training_length(cfg, len(train_loader))
     started = time.time()
     weights = loss_weights(cfg)
+    val_classical: dict = {}
     for epoch in range(start_epoch, epochs):
         train_loader.dataset.set_epoch(epoch)
         # the loader's shuffle order depends on the epoch too, so a resumed run matches
         train_loader.generator.manual_seed(cfg.seed * 1000 + epoch)
         train_metrics, step = train_one_epoch(model, train_loader, optimizer, cfg, device, epoch, step, total_steps, progress)
-        result = run_evaluation(model, val_loader, device, weights, progress, desc="val")
+        # the validation clips are the same every epoch (centre clips, no augmentation), so OpenCV's
+        # flow on them is scored once and its figures repeated
+        result = run_evaluation(model, val_loader, device, weights, progress, desc="val",
+                                classical=("dis",) if not val_classical else ())
+        val_classical = val_classical or {k: v for k, v in result.flow.items() if k.startswith("dis_")}
+        result.flow.update(val_classical)
         val_metrics = {
             **result.losses, "accuracy": result.clip_accuracy,
             **{k: v for k, v in result.flow.items() if not k.endswith("_pixels")},
