@@ -100,8 +100,15 @@ def test_demo_end_to_end_tiny(tmp_path):
     out = tmp_path / "demo"
     assert main(["demo", "--preset", "tiny", "--out", str(out)]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
-    for key in ("test_accuracy", "flow_epe", "zero_flow_epe", "dis_epe", "wall_seconds"):
+    for key in ("test_accuracy", "flow_epe", "zero_flow_epe", "dis_epe", "flow_moving_epe", "zero_flow_moving_epe",
+                "dis_moving_epe", "wall_seconds"):
         assert isinstance(metrics[key], float), key
     assert 0.0 <= metrics["test_accuracy"] <= 1.0 and metrics["zero_flow_epe"] > 0
+    # moving pixels are a subset of the valid ones, where zero flow is far from right
+    assert 0 < metrics["flow_moving_pixels"] < metrics["flow_valid_pixels"]
+    assert metrics["zero_flow_moving_epe"] > metrics["zero_flow_epe"]
+    columns = (out / "metrics.csv").read_text().splitlines()[0].split(",")
+    for column in ("epe", "moving_epe", "zero_moving_epe", "dis_moving_epe"):
+        assert column in columns, column
     for name in ("flows.png", "curves.png", "confusion.png", "eval.json", "best.pt"):
         assert (out / name).is_file(), name
