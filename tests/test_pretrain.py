@@ -75,3 +75,19 @@ def test_default_flow_network_ships_and_loads():
     net = FlowNet(width=state["flow_width"])
     meta = load_flow_weights(net, "default")
     assert meta["steps"] > 0 and "command" in meta
+
+
+def test_pretrain_flow_on_a_folder_of_videos(tmp_path):
+    from test_prepare import write_video
+
+    for label, seed in (("walk", 0), ("wave", 10)):
+        for i in range(3):
+            write_video(tmp_path / "videos" / label / f"v{i}.mp4", 20, seed=seed + i)
+    out = tmp_path / "pre"
+    assert main(["pretrain-flow", "--videos", str(tmp_path / "videos"), "--out", str(out), "--steps", "4",
+                 "--eval-every", "2", "--no-progress", "optim.batch_size=4", "model.flow_width=8", "threads=1"]) == 0
+    assert (out / "cache" / "index.json").is_file()  # the videos were prepared once into OUT/cache
+    val = [r for r in _rows(out) if r["split"] == "val"]
+    assert len(val) == 2 and float(val[-1]["val_photometric"]) > 0
+    assert "epe" not in val[-1] or val[-1]["epe"] == ""  # real videos carry no ground truth
+    assert load_checkpoint(out / "flownet.pt")["meta"]["steps"] == 4
