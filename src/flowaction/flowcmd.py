@@ -6,7 +6,7 @@ with: decoded to gray at the training's stored short side (the generated benchma
 ``data.synthetic.size``, or the frame size of the prepared cache), centre-cropped to
 ``data.crop`` x ``data.crop``, scaled to [0, 1] (the model normalises internally).
 
-Frame pairs come from triplets, as in the model (DESIGN.md section 1): triplet ``j`` is frames
+Frame pairs come from triplets, as in the model: triplet ``j`` is frames
 ``(p, p+1, p+2)`` with ``p = j * stride``, and its flow relates the pair ``p -> p+1``; it lives on
 the grid of frame ``p`` and points into frame ``p+1``, in pixels of the (cropped) frames. DIS and
 Farneback are run on exactly the same pairs, so the methods compare frame for frame.

@@ -1,6 +1,6 @@
 """Differentiable backward warping (the spatial-transformer bilinear sampler).
 
-Convention (DESIGN section 1): a flow ``O`` is defined on the pixel grid of the first frame and
+Convention: a flow ``O`` is defined on the pixel grid of the first frame and
 points into the second, ``I0(x) ~ I1(x + O(x))``. ``backward_warp(I1, O)`` therefore rebuilds
 ``I0`` from ``I1``. Channel 0 of a flow is horizontal (u, +right), channel 1 vertical (v, +down),
 both in pixels.

@@ -6,7 +6,7 @@ ratios still fills one array shape. :func:`frame_size_for` gives the usual size 
 (320 x 240 at short side 64 -> 85 x 64).
 
 The conversion from a decoded frame to a small gray array decides the speed of ``prepare`` more
-than decoding does (DESIGN.md section 5). The paths in :data:`CONVERSIONS` are measured by
+than decoding does. The paths in :data:`CONVERSIONS` are measured by
 ``benchmarks/bench_prepare.py``; the default, ``sws_area``, lets swscale convert to gray and
 downscale with area averaging in one pass, through ONE reformatter kept for the whole video:
 ``VideoFrame.reformat`` builds a new swscale context on every call, which alone made that path

@@ -4,7 +4,7 @@ Every clip is a few textured objects (disc, ellipse, rectangle) over a static te
 rendered by inverse mapping: pixel ``x`` of frame ``t`` shows object texture at ``A_t^{-1}(x)``,
 where ``A_t`` is the object's similarity transform (centre, rotation, scale) at frame ``t``. The
 ground-truth flow is therefore exact: ``flow[t](x) = A_{t+1}(A_t^{-1}(x)) - x`` on object pixels
-and 0 on the background. Flow convention (DESIGN.md section 1): ``flow[t]`` lives on the pixel grid
+and 0 on the background. Flow convention: ``flow[t]`` lives on the pixel grid
 of frame ``t`` and points into frame ``t+1``, ``frame_t(x) ~ frame_{t+1}(x + flow[t](x))``;
 channel 0 is u (+right), channel 1 is v (+down), in pixels.
 

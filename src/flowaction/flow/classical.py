@@ -1,7 +1,7 @@
 """Classical (non-learned) optical flow from OpenCV: DIS and Farneback.
 
 These are the baselines the learned flow is compared against, and a source of flow for data
-without ground truth. Output follows the project convention (DESIGN.md section 1): ``(2, H, W)``
+without ground truth. Output follows the project convention: ``(2, H, W)``
 float32, channel 0 = u (+right), channel 1 = v (+down), pixels, on the grid of the first frame and
 pointing into the second: ``frame0(x) ~ frame1(x + flow(x))``. That is exactly what OpenCV's
 ``calc(prev, next)`` returns (only the layout differs: OpenCV gives ``(H, W, 2)``).

@@ -1,6 +1,6 @@
 """Optical-flow accuracy metrics, with and without ground truth.
 
-Flows follow the project convention (DESIGN.md section 1): arrays of shape ``(..., 2, H, W)``,
+Flows follow the project convention: arrays of shape ``(..., 2, H, W)``,
 channel 0 = u (horizontal, +right), channel 1 = v (vertical, +down), in pixels; ``flow[t]`` lives
 on the grid of frame t and points into frame t+1. Validity masks have shape ``(..., H, W)`` and are
 boolean (True = pixel has usable ground truth). Everything is computed in NumPy float64; torch

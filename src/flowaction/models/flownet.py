@@ -3,7 +3,7 @@
 Its first layer is a 3D convolution over the triplet (temporal kernel 3, no temporal padding),
 which collapses time; the rest is a 2D encoder-decoder with skip connections that predicts the
 flow coarse-to-fine. Most of its work runs at 1/2 resolution and below: a full-resolution network
-costs as much per step as the 3D ResNet behind it (DESIGN section 5).
+costs as much per step as the 3D ResNet behind it.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ class FlowNet(nn.Module):
     """Triplets ``(N, 1, 3, H, W)`` -> flows ``(N, 2, H, W)`` in pixels.
 
     The flow ``O_k`` is defined on the grid of the first frame ``I_{k-1}`` and points into the
-    middle frame ``I_k`` (DESIGN section 1). ``H`` and ``W`` need not be multiples of 8.
+    middle frame ``I_k``. ``H`` and ``W`` need not be multiples of 8.
 
     Args:
         width: channels of the first stage; later stages use 2x, 4x and 6x.
