@@ -36,7 +36,7 @@ from flowaction.demo import preset_path
 from flowaction.evaluate import FlowErrors, score_flows
 from flowaction.losses import photometric_loss, smoothness_loss
 from flowaction.run import open_data
-from flowaction.train import build_model, make_loader, train_one_epoch
+from flowaction.train import begin_epoch, build_model, make_loader, train_one_epoch
 
 NO_JITTER = ["augment.brightness=0", "augment.contrast=0", "augment.gamma=0"]
 # trainer variants: each switches off one suspected cause (or all of them)
@@ -120,8 +120,7 @@ def train_trainer(cfg: Config, cache):
     loader = make_loader(cfg, cache, cfg.data.train_split, "train", shuffle=True)
     step, epoch = 0, 0
     while step < cfg.optim.steps:
-        loader.dataset.set_epoch(epoch)
-        loader.generator.manual_seed(cfg.seed * 1000 + epoch)
+        begin_epoch(loader, cfg.seed, epoch)
         _, step = train_one_epoch(model, loader, optimizer, cfg, torch.device("cpu"), epoch, step, cfg.optim.steps,
                                   progress=False)
         epoch += 1

@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from flowaction.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, restore_rng, rng_state, save_checkpoint
+from flowaction.checkpoint import load_checkpoint, restore_rng, rng_state, save_checkpoint
 from flowaction.config import Config, save_config, to_dict
 from flowaction.data.cache import ClipCache
 from flowaction.data.clips import ClipDataset, ClipSpec, JitterSpec, add_input_noise
@@ -124,7 +124,7 @@ def pretrain_flow(
     Returns the last validation metrics and the wall time.
     """
     from flowaction.plots import plot_curves
-    from flowaction.train import learning_rate, loss_weights
+    from flowaction.train import begin_epoch, learning_rate, loss_weights
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -152,8 +152,7 @@ def pretrain_flow(
     metrics: dict = {}
     epoch = step // max(len(train), 1)
     while step < steps:
-        train.dataset.set_epoch(epoch)
-        train.generator.manual_seed(cfg.seed * 1000 + epoch)
+        begin_epoch(train, cfg.seed, epoch)
         for batch in train:
             if step >= steps:
                 break
@@ -192,4 +191,4 @@ def pretrain_flow(
     bar.close()
     logger.close()
     return {"steps": step, "val": metrics, "wall_seconds": time.time() - started,
-            "weights": str(out / FLOW_WEIGHTS), "format": CHECKPOINT_FORMAT}
+            "weights": str(out / FLOW_WEIGHTS)}

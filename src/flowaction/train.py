@@ -129,6 +129,13 @@ def training_length(cfg: Config, steps_per_epoch: int) -> tuple[int, int]:
     return cfg.optim.epochs * steps_per_epoch, cfg.optim.epochs
 
 
+def begin_epoch(loader: DataLoader, seed: int, epoch: int) -> None:
+    """Make a training loader's draws (augmentation and shuffle order) a function of the epoch,
+    so every epoch differs and a resumed run draws what an uninterrupted one would."""
+    loader.dataset.set_epoch(epoch)
+    loader.generator.manual_seed(seed * 1000 + epoch)
+
+
 def learning_rate(cfg: Config, step: int, total_steps: int, steps_per_epoch: int) -> float:
     """Linear warm-up then cosine decay (or constant), a pure function of the step."""
     base = cfg.optim.lr
@@ -255,9 +262,7 @@ def fit(
     weights = loss_weights(cfg)
     val_classical: dict = {}
     for epoch in range(start_epoch, epochs):
-        train_loader.dataset.set_epoch(epoch)
-        # the loader's shuffle order depends on the epoch too, so a resumed run matches
-        train_loader.generator.manual_seed(cfg.seed * 1000 + epoch)
+        begin_epoch(train_loader, cfg.seed, epoch)
         train_metrics, step = train_one_epoch(model, train_loader, optimizer, cfg, device, epoch, step, total_steps, progress)
         # the validation clips are the same every epoch (centre clips, no augmentation), so OpenCV's
         # flow on them is scored once and its figures repeated

@@ -86,9 +86,6 @@ class JointModel(nn.Module):
         self.fuse_frames = fuse_frames
         self.normalise = Normalise()
 
-    def _frame_index(self, time: int, device, reverse: bool = False) -> torch.Tensor:
-        return triplet_index(time, self.triplet_stride, device, reverse)
-
     def triplets(self, frames: torch.Tensor, reverse: bool = False) -> torch.Tensor:
         """``(B, 1, T, H, W)`` -> ``(B * N, 1, 3, H, W)``, clip-major."""
         return make_triplets(frames, self.triplet_stride, reverse)
@@ -111,7 +108,7 @@ class JointModel(nn.Module):
     def classify(self, flows: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
         """Logits ``(B, K)`` from stacked flows (and the triplets' middle frames if fused)."""
         if self.fuse_frames:
-            middle = self._frame_index(frames.shape[2], frames.device)[:, 1]
+            middle = triplet_index(frames.shape[2], self.triplet_stride, frames.device)[:, 1]
             flows = torch.cat((flows, self.normalise(frames[:, :, middle])), dim=1)
         return self.action_net(flows)
 
