@@ -155,11 +155,14 @@ def _plot(results, sweep, out: Path) -> None:
         # moving pixels: where zero flow is not trivially right; learned-flow bars only for models with a flow net
         epe = [_stats([r.get("flow_moving_epe") for r in results[v]]) for v in names]
         axes[1].bar(names, [e[0] if e else 0 for e in epe], yerr=[e[1] if e else 0 for e in epe], capsize=3, color="tab:orange")
+        drawn = False
         for key, style, label in (("zero_flow_moving_epe", "--", "zero flow"), ("dis_moving_epe", ":", "DIS")):
             reference = _stats([r.get(key) for v in names for r in results[v]])
             if reference:
                 axes[1].axhline(reference[0], color="k", linestyle=style, label=label)
-        axes[1].legend()
+                drawn = True
+        if drawn:  # no reference lines when no variant scores flow (e.g. frames alone)
+            axes[1].legend()
         axes[1].set_ylabel("flow EPE on moving pixels (px)")
         for ax in axes:
             ax.tick_params(axis="x", rotation=60)

@@ -221,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     flow = sub.add_parser("flow", help="optical flow of a video (learned, DIS, Farneback): .flo, GIFs, panel, summary")
     flow.add_argument("video", type=Path, help="any video file PyAV decodes")
-    flow.add_argument("--checkpoint", type=Path, default=None, help="needed for --method learned / all")
+    flow.add_argument("--checkpoint", type=Path, default=None, help="needed for --method learned (all skips learned without one)")
     flow.add_argument("--out", type=Path, required=True, help="output directory")
     flow.add_argument("--method", choices=("learned", "dis", "farneback", "all"), default="learned")
     flow.add_argument("--size", type=int, default=None, help="short side to decode at (default: the training's)")

@@ -120,6 +120,8 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
 
 
+# the model inputs whose model holds a flow network (the others classify frames or OpenCV flow)
+LEARNED_INPUTS = ("learned", "learned+frames")
 _CHOICES = {
     "model.depth": (10, 18, 34, 50),
     "model.shortcut": ("A", "B"),
@@ -211,7 +213,7 @@ def validate(cfg: Config) -> Config:
         raise ConfigError("data.num_frames must be >= 3 (one triplet)")
     if cfg.data.crop > cfg.data.synthetic.size and not cfg.data.cache:
         raise ConfigError(f"data.crop {cfg.data.crop} exceeds data.synthetic.size {cfg.data.synthetic.size}")
-    if cfg.model.flow_init != "none" and cfg.model.input not in ("learned", "learned+frames"):
+    if cfg.model.flow_init != "none" and cfg.model.input not in LEARNED_INPUTS:
         raise ConfigError(f"model.flow_init={cfg.model.flow_init!r} needs a model with a flow network "
                           f"(model.input learned or learned+frames, not {cfg.model.input!r})")
     if cfg.optim.steps < 0:

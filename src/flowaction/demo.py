@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from flowaction.checkpoint import load_checkpoint
-from flowaction.config import Config, from_dict, load_config
+from flowaction.config import LEARNED_INPUTS, Config, from_dict, load_config
 from flowaction.data.cache import ClipCache, atomic_write_json
 from flowaction.evaluate import describe_flow_errors
 from flowaction.run import open_data, write_eval_report
@@ -25,11 +25,17 @@ def preset_path(name: str):
     return resources.files("flowaction") / "configs" / f"{name}.yaml"
 
 
+FLOW_NAMES = {"learned": "learned flow", "dis": "DIS (model input)", "farneback": "Farneback (model input)"}
+
+
 @torch.no_grad()
 def write_flow_pictures(checkpoint: Path, cache: ClipCache, split: str, out_dir: Path, count: int = 4) -> list[str]:
-    """Panels (frame | learned | DIS | ground truth | warp error) for one clip of ``count`` classes."""
+    """Panels (frame | the model's flow | DIS | ground truth | warp error) for one clip of ``count``
+    classes; the model's flow is the learned one, or the OpenCV flow a ``dis`` / ``farneback``
+    model classifies. A model that sees frames only has no flow to draw: returns ``[]``."""
     from flowaction.flow.classical import classical_flow
     from flowaction.flow.viz import flow_panel
+    from flowaction.forward import model_flows
     from flowaction.warp import backward_warp
 
     state = load_checkpoint(checkpoint)
@@ -50,19 +56,21 @@ def write_flow_pictures(checkpoint: Path, cache: ClipCache, split: str, out_dir:
     for item in chosen:
         sample = dataset[item]
         frames = sample["frames"].unsqueeze(0)
-        flows = model.flows(frames)[0]  # (2, N, H, W)
+        seen_flow = model_flows(model, frames)
+        if seen_flow is None:
+            return []
+        source, flows = seen_flow[0], seen_flow[1][0]  # (2, N, H, W)
         j = flows.shape[1] // 2
         k = j * model.triplet_stride
         prev, cur = frames[0, 0, k], frames[0, 0, k + 1]
-        learned = flows[:, j]
-        warped = backward_warp(cur[None, None], learned[None])[0, 0]
-        rows.append({
-            "frame": prev.numpy(),
-            "learned flow": learned.numpy(),
-            "DIS": classical_flow(prev.numpy(), cur.numpy(), "dis"),
-            "ground truth": sample["flow"][k].numpy(),
-            "warp error": (warped - prev).abs().numpy(),
-        })
+        flow = flows[:, j]
+        warped = backward_warp(cur[None, None], flow[None])[0, 0]
+        row = {"frame": prev.numpy(), FLOW_NAMES[source]: flow.numpy()}
+        if source != "dis":
+            row["DIS"] = classical_flow(prev.numpy(), cur.numpy(), "dis")
+        row["ground truth"] = sample["flow"][k].numpy()
+        row["warp error"] = (warped - prev).abs().numpy()
+        rows.append(row)
         labels.append(cache.classes[sample["label"]])
     path = out_dir / "flows.png"
     flow_panel(path, rows, row_labels=labels, cmaps={"warp error": "magma"}, title=f"{split} clips, middle flow")
@@ -80,6 +88,13 @@ def run_demo(
     """Generate -> train -> test -> ``OUT/metrics.json`` and pictures. Returns the metrics."""
     started = time.time()
     out = Path(out)
+    overrides = list(overrides or [])
+    given = dict(item.split("=", 1) for item in overrides if "=" in item)
+    given = {key.strip(): value.strip() for key, value in given.items()}
+    if given.get("model.input", "learned") not in LEARNED_INPUTS and "model.flow_init" not in given:
+        # the preset starts its flow network from the shipped one; these models have none
+        overrides.append("model.flow_init=none")
+        log(f"model.input={given['model.input']}: no flow network, so the preset's pre-trained one is not used")
     cfg = load_config(preset_path(preset), overrides)
     cache = open_data(cfg, out)
     generated = time.time()
@@ -95,12 +110,19 @@ def run_demo(
     report = evaluate_checkpoint(out / "best.pt", cache, split, progress=progress)
     write_eval_report(report, out)
     pictures = write_flow_pictures(out / "best.pt", cache, split, out)
+    if pictures:
+        flow_pictures = f"{pictures[0]}: the flow the model classified ({cfg.model.input})"
+    else:
+        flow_pictures = f"none: model.input={cfg.model.input} classifies frames and computes no flow"
+    log(f"flow pictures: {flow_pictures}")
     metrics = {
         "test_accuracy": report["clip_accuracy"],
         "test_video_accuracy": report["video_accuracy"],
         "top5_video_accuracy": report["top5_video_accuracy"],
         **{key: report[key] for key in report if key.endswith("_epe") or key.startswith("flow_")},
         "chance_accuracy": 1.0 / len(cache.classes),
+        "model_input": cfg.model.input,
+        "flow_pictures": flow_pictures,
         "flow_init": cfg.model.flow_init,
         "flow_grad_scale": cfg.model.flow_grad_scale,
         "num_classes": len(cache.classes),
@@ -112,8 +134,9 @@ def run_demo(
         "pictures": pictures + [str(out / "curves.png"), str(out / "confusion.png")],
     }
     atomic_write_json(out / "metrics.json", metrics)
+    flow_line = f"{describe_flow_errors(report['flow'])} | " if report["flow"] else ""
     log(
         f"test accuracy {metrics['test_accuracy']:.3f} (chance {metrics['chance_accuracy']:.3f}) | "
-        f"{describe_flow_errors(report['flow'])} | {metrics['wall_seconds']:.0f} s | {out}/metrics.json"
+        f"{flow_line}{metrics['wall_seconds']:.0f} s | {out}/metrics.json"
     )
     return metrics

@@ -199,23 +199,42 @@ def classical_flows(frames: np.ndarray, pairs: np.ndarray, method: str, progress
     return out
 
 
-def _settings(checkpoint: str | Path | None, methods: list[str], size: int | None, crop: int | None, device: str):
-    """Model (or None), config and the resolved ``(short_side, crop)`` of a flow run."""
-    if "learned" in methods and checkpoint is None:
-        raise ValueError("the learned method needs --checkpoint (or use --method dis / farneback)")
-    from flowaction.train import resolve_device
+def _settings(
+    checkpoint: str | Path | None, methods: list[str], size: int | None, crop: int | None, device: str,
+    log: Callable[[str], None] | None = None,
+):
+    """Model (or None), config, the methods to run and the resolved ``(short_side, crop)`` of a flow run.
 
+    ``learned`` needs a checkpoint whose model holds a flow network; asked alone it is refused
+    before any work, within ``all`` it is skipped (and said through ``log``).
+    """
+    from flowaction.checkpoint import load_checkpoint
+    from flowaction.config import LEARNED_INPUTS
+
+    if "learned" in methods and checkpoint is None:
+        if len(methods) == 1:
+            raise ValueError("the learned method needs --checkpoint (or use --method dis / farneback)")
+        methods = [m for m in methods if m != "learned"]
+        if log:
+            log("skipped the learned method: no --checkpoint given")
     model, cfg = None, Config()
     if checkpoint is not None:
+        cfg = from_dict(load_checkpoint(checkpoint)["config"])
+        if "learned" in methods and cfg.model.input not in LEARNED_INPUTS:
+            reason = (f"{checkpoint} has no flow network (model.input={cfg.model.input}): "
+                      f"its model {'classifies frames' if cfg.model.input == 'frames' else 'reads OpenCV ' + cfg.model.input + ' flow'}")
+            if len(methods) == 1:
+                raise ValueError(f"{reason}; use --method dis, farneback or all")
+            methods = [m for m in methods if m != "learned"]
+            if log:
+                log(f"skipped the learned method: {reason}")
         if "learned" in methods:
-            model, cfg = load_flow_model(checkpoint, resolve_device(device))
-        else:  # only the preprocessing settings are needed
-            from flowaction.checkpoint import load_checkpoint
+            from flowaction.train import resolve_device
 
-            cfg = from_dict(load_checkpoint(checkpoint)["config"])
+            model, cfg = load_flow_model(checkpoint, resolve_device(device))
     crop = cfg.data.crop if crop is None else crop
     short_side = size if size is not None else max(training_short_side(cfg), crop)
-    return model, cfg, short_side, crop
+    return model, cfg, methods, short_side, crop
 
 
 def _compute(method: str, model, video: VideoFrames, pairs: np.ndarray, batch_size: int, progress: bool):
@@ -264,7 +283,7 @@ def estimate_video_flow(
         ``method``, ``fps``, ``source_size``, ``decoded_size``, ``short_side`` and ``crop``.
     """
     (method,) = resolve_methods(method)
-    model, _, short_side, crop = _settings(checkpoint, [method], size, crop, device)
+    model, _, _, short_side, crop = _settings(checkpoint, [method], size, crop, device)
     decoded = read_video_frames(video, short_side, crop, max_frames)
     pairs = triplet_pairs(len(decoded.frames), stride)
     flows, ms = _compute(method, model, decoded, pairs, batch_size, progress)
@@ -358,8 +377,8 @@ def run_flow(
     from flowaction.data.cache import atomic_write_json
     from flowaction.flow.io import write_flo
 
-    methods = resolve_methods(method)
-    model, cfg, short_side, crop = _settings(checkpoint, methods, size, crop, device)
+    asked = resolve_methods(method)
+    model, cfg, methods, short_side, crop = _settings(checkpoint, asked, size, crop, device, log)
     stride = cfg.model.triplet_stride if stride is None else stride
     decoded = read_video_frames(video, short_side, crop, max_frames)
     pairs = triplet_pairs(len(decoded.frames), stride)
@@ -389,6 +408,7 @@ def run_flow(
         "video": str(video),
         "checkpoint": str(checkpoint) if checkpoint is not None else None,
         "methods": results,
+        "skipped": [name for name in asked if name not in methods],
         "zero_flow": zero,  # the reference: what doing nothing scores
         "num_frames": int(len(decoded.frames)),
         "num_pairs": int(len(pairs)),

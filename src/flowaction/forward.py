@@ -57,6 +57,22 @@ def classical_stack(frames: torch.Tensor, num_flows: int, stride: int, method: s
     return torch.from_numpy(out).to(frames.device)
 
 
+@torch.no_grad()
+def model_flows(model: torch.nn.Module, frames: torch.Tensor) -> tuple[str, torch.Tensor] | None:
+    """The flows a model classifies from, for clean frames ``(B, 1, T, H, W)`` in [0, 1].
+
+    Returns ``(source, flows (B, 2, N, H, W))`` with ``source`` ``"learned"`` (a flow network),
+    ``"dis"`` or ``"farneback"`` (OpenCV flow, computed as at evaluation), or None for a model
+    that sees frames only.
+    """
+    if isinstance(model, JointModel):
+        return "learned", model.flows(frames)
+    if isinstance(model, PrecomputedFlowModel):
+        count = num_triplets(frames.shape[2], model.triplet_stride)
+        return model.method, classical_stack(frames, count, model.triplet_stride, model.method)
+    return None
+
+
 def forward_batch(
     model: torch.nn.Module,
     batch: dict,

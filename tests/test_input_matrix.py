@@ -1,0 +1,134 @@
+"""Every model input through every command that takes a model, on the tiny preset.
+
+A new model input or a new command that trains, loads or runs a model must be added to this
+matrix: the two completeness tests at the end fail otherwise.
+"""
+import json
+from fractions import Fraction
+
+import av
+import numpy as np
+import pytest
+
+from flowaction.cli import build_parser, main
+from flowaction.config import _CHOICES, LEARNED_INPUTS
+from flowaction.demo import preset_path
+from flowaction.models.joint import INPUTS
+
+COMMANDS = ("demo", "train", "eval", "flow", "ablate")
+# commands that neither take a checkpoint nor build a classifier from model.input
+WITHOUT_MODEL = {"prepare", "keys", "pretrain-flow"}
+TINY = str(preset_path("tiny"))
+
+
+@pytest.fixture(scope="module")
+def video(tmp_path_factory):
+    """A 40 x 48 mpeg4 video of a random texture moving 1 px per frame to the right, 10 frames."""
+    path = tmp_path_factory.mktemp("video") / "clip.avi"
+    texture = np.random.default_rng(0).integers(0, 256, size=(40, 64), dtype=np.uint8)
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("mpeg4", rate=Fraction(25))
+        stream.width, stream.height, stream.pix_fmt = 48, 40, "yuv420p"
+        for t in range(10):
+            gray = np.ascontiguousarray(texture[:, 10 - t : 58 - t])
+            frame = av.VideoFrame.from_ndarray(np.repeat(gray[..., None], 3, axis=2), format="rgb24")
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+@pytest.fixture(scope="module")
+def demos(tmp_path_factory):
+    """One tiny demo per model input, run on first use: ``input -> (run dir, exit code)``."""
+    root = tmp_path_factory.mktemp("demos")
+    done: dict[str, tuple] = {}
+
+    def get(model_input: str):
+        if model_input not in done:
+            out = root / model_input.replace("+", "_")
+            code = main(["demo", "--preset", "tiny", "--out", str(out), f"model.input={model_input}"])
+            done[model_input] = (out, code)
+        return done[model_input]
+
+    return get
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+@pytest.mark.parametrize("model_input", INPUTS)
+def test_every_input_through_every_command(model_input, command, demos, video, tmp_path, capsys):
+    run, code = demos(model_input)
+    assert code == 0
+    checkpoint = run / "best.pt"
+    if command == "demo":
+        metrics = json.loads((run / "metrics.json").read_text())
+        assert metrics["model_input"] == model_input and 0.0 <= metrics["test_accuracy"] <= 1.0
+        for name in ("curves.png", "confusion.png", "eval.json"):
+            assert (run / name).is_file(), name
+        # the flow pictures show the flow the model classified; a frames model has none, and says so
+        assert (run / "flows.png").is_file() == (model_input != "frames")
+        assert metrics["flow_pictures"].startswith("none" if model_input == "frames" else str(run / "flows.png"))
+        # the flow the model classified (learned or OpenCV) is scored against the ground truth
+        assert isinstance(metrics.get("flow_moving_epe"), float) == (model_input != "frames")
+        if model_input != "frames":
+            for key in ("flow_epe", "zero_flow_epe", "dis_epe", "zero_flow_moving_epe", "dis_moving_epe"):
+                assert isinstance(metrics[key], float), key
+            # moving pixels are a subset of the valid ones, where zero flow is far from right
+            assert 0 < metrics["flow_moving_pixels"] < metrics["flow_valid_pixels"]
+            assert metrics["zero_flow_moving_epe"] > metrics["zero_flow_epe"] > 0
+            columns = (run / "metrics.csv").read_text().splitlines()[0].split(",")
+            for column in ("epe", "moving_epe", "zero_moving_epe", "dis_moving_epe"):
+                assert column in columns, column
+    elif command == "train":
+        out = tmp_path / "train"
+        assert main(["train", "--config", TINY, "--out", str(out), f"data.synthetic_dir={run / 'data'}",
+                     f"model.input={model_input}"]) == 0
+        assert (out / "best.pt").is_file() and (out / "metrics.csv").is_file()
+    elif command == "eval":
+        out = tmp_path / "eval"
+        assert main(["eval", "--checkpoint", str(checkpoint), "--data", str(run / "data"), "--split", "test",
+                     "--out", str(out)]) == 0
+        report = json.loads((out / "eval.json").read_text())
+        assert 0.0 <= report["clip_accuracy"] <= 1.0
+    elif command == "flow":
+        out = tmp_path / "flow"
+        code = main(["flow", str(video), "--checkpoint", str(checkpoint), "--method", "all", "--out", str(out),
+                     "--no-progress"])
+        assert code == 0
+        summary = json.loads((out / "summary.json").read_text())
+        learned = model_input in LEARNED_INPUTS
+        assert set(summary["methods"]) == ({"learned"} if learned else set()) | {"dis", "farneback"}
+        assert summary["skipped"] == ([] if learned else ["learned"])
+        if not learned:
+            assert "skipped the learned method" in capsys.readouterr().out
+        # --method learned alone: done, or refused before any work with one line naming the cause
+        out = tmp_path / "learned"
+        code = main(["flow", str(video), "--checkpoint", str(checkpoint), "--method", "learned", "--out", str(out),
+                     "--no-progress"])
+        if learned:
+            assert code == 0 and (out / "flo" / "learned").is_dir()
+        else:
+            assert code == 2 and not out.exists()
+            error = capsys.readouterr().err.strip()
+            assert len(error.splitlines()) == 1
+            assert f"no flow network (model.input={model_input})" in error
+    elif command == "ablate":
+        out = tmp_path / "ablate"
+        assert main(["ablate", "--config", TINY, "--runs", model_input, "--seeds", "1", "--out", str(out)]) == 0
+        result = json.loads((out / "runs" / model_input / "seed0" / "result.json").read_text())
+        assert result["config"]["model"]["input"] == model_input
+        assert f"| {model_input} | 1 |" in (out / "results.md").read_text()
+
+
+def test_matrix_covers_every_input():
+    assert set(INPUTS) == set(_CHOICES["model.input"])
+    assert set(LEARNED_INPUTS) <= set(INPUTS)
+
+
+def test_matrix_covers_every_command():
+    parser = build_parser()
+    subcommands = next(a for a in parser._actions if a.dest == "command").choices
+    assert set(subcommands) == set(COMMANDS) | WITHOUT_MODEL, (
+        "a new command that takes a model must join COMMANDS above (or WITHOUT_MODEL if it takes none)"
+    )
