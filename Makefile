@@ -13,8 +13,9 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[test]'
 	touch $(STAMP)
 
+# a second `make demo` continues (or, when finished, re-reports) the run in runs/demo
 demo: $(STAMP)
-	$(VENV)/bin/flowaction demo --out runs/demo
+	$(VENV)/bin/flowaction demo --out runs/demo $$(test -f runs/demo/last.pt && echo --resume)
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -3,15 +3,19 @@ import pytest
 from flowaction.config import Config, ConfigError, from_dict, load_config, save_config, valid_keys
 
 
-def test_unknown_key_names_the_valid_keys():
+def test_unknown_key_suggests_the_nearest_keys_not_the_whole_list():
     with pytest.raises(ConfigError) as info:
         from_dict({"optim": {"lrr": 0.1}})
     message = str(info.value)
-    assert "optim.lrr" in message and "optim.lr" in message and "model.depth" in message
+    assert "optim.lrr" in message and "did you mean 'optim.lr'?" in message and "model.depth" not in message
+    with pytest.raises(ConfigError, match=r"did you mean 'optim\.epochs'\?"):
+        from_dict({}, ["optim.epoch=2"])
+    with pytest.raises(ConfigError, match=r"did you mean 'data\.crop'\?"):  # right name, wrong section
+        from_dict({}, ["optim.crop=32"])
 
 
 def test_unknown_override_is_an_error():
-    with pytest.raises(ConfigError, match="valid keys"):
+    with pytest.raises(ConfigError, match="did you mean .model.depth."):
         from_dict({}, ["model.dept=10"])
 
 

@@ -68,13 +68,13 @@ def test_flow_command_all_methods(video, checkpoint, tmp_path):
         files = sorted((out / "flo" / method).glob("*.flo"))
         assert [f.name for f in files] == [f"{p:06d}.flo" for p in range(pairs)]
         flow = cv2.readOpticalFlow(str(files[0]))
-        assert flow.shape == (32, 32, 2)  # the checkpoint's data.crop, OpenCV's (H, W, 2) layout
+        assert flow.shape == (64, 80, 2)  # the whole frame at the training scale, OpenCV's (H, W, 2) layout
         assert (out / f"flow_{method}.gif").stat().st_size > 0
     assert (out / "panel.png").stat().st_size > 0
 
     summary = json.loads((out / "summary.json").read_text())
     assert summary["num_pairs"] == pairs and summary["num_frames"] == FRAMES
-    assert summary["frame_size"] == [32, 32] and summary["stride"] == 1
+    assert summary["frame_size"] == [64, 80] and summary["stride"] == 1 and summary["crop"] == 0
     # the tiny config keeps the default generated-benchmark size: decoded at short side 64
     assert summary["short_side"] == 64 and summary["decoded_size"] == [64, 80]
     for method in ("learned", "dis", "farneback"):
@@ -134,3 +134,26 @@ def test_errors_exit_2_with_a_message(video, tmp_path, capsys):
 
     assert main(["flow", str(video), "--out", str(tmp_path / "e"), "--method", "dis", "--stride", "0"]) == 2
     assert "--stride" in capsys.readouterr().err
+
+
+def test_crop_only_on_request_and_labelled_gifs(video, checkpoint, tmp_path):
+    from PIL import Image
+
+    out = tmp_path / "flow"
+    assert main(["flow", str(video), "--checkpoint", str(checkpoint), "--out", str(out), "--method", "dis",
+                 "--crop", "32", "--max-frames", "5", "--no-progress"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["frame_size"] == [32, 32] and summary["crop"] == 32
+    with Image.open(out / "flow_dis.gif") as gif:
+        frames = []
+        for index in range(gif.n_frames):
+            gif.seek(index)
+            frames.append(np.asarray(gif.convert("RGB")))
+    scale = 4  # 32-px frames are scaled to >= 128 px
+    # caption strip (14 px) over frame | flow | colour key, progress bar under them
+    assert frames[0].shape[1] == 3 * 32 * scale + 2 * 4
+    captions = [f[:14] for f in frames]
+    assert all((c < 128).any() for c in captions)  # text is drawn
+    assert not np.array_equal(captions[0], captions[1])  # the frame index changes from frame to frame
+    key = frames[0][14 : 14 + 32 * scale, -32 * scale :]
+    assert len(np.unique(key.reshape(-1, 3), axis=0)) > 50  # a colour wheel, not a blank cell

@@ -10,6 +10,35 @@ import sys
 from pathlib import Path
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the defaults in every ``--help`` and "did you mean" for a mistyped choice."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str):
+        import re
+
+        from flowaction.config import nearest
+
+        match = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        if match:
+            near = nearest(match.group(1), re.findall(r"'([^']*)'", match.group(2)))
+            if near:
+                message = f"{message}; did you mean {' or '.join(near)}?"
+        super().error(message)
+
+    def reject_unknown(self, extra: list[str]) -> None:
+        """Exit with an error naming ``extra`` (unknown options), each with its nearest option."""
+        from flowaction.config import nearest
+
+        options = [o for action in self._actions for o in action.option_strings]
+        hints = [f"{word}: did you mean {' or '.join(near)}?" for word in extra
+                 if word.startswith("-") and (near := nearest(word.split("=", 1)[0], options))]
+        self.error(f"unrecognized arguments: {' '.join(extra)}" + (f" ({'; '.join(hints)})" if hints else ""))
+
+
 def _add_overrides(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "overrides", nargs="*", metavar="KEY=VALUE",
@@ -17,17 +46,37 @@ def _add_overrides(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_run_dir(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--resume", action="store_true", help=f"continue the {what} in OUT (from OUT/last.pt)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="OUT holds a run: start again, moving its files to OUT/replaced-<time>/")
+    parser.add_argument("--delete-old", action="store_true", help="with --overwrite: delete the old run's files")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars (also off when not a terminal)")
+
+
+def _progress(args: argparse.Namespace) -> bool:
+    """Progress bars only when asked for and the output is a terminal (logs stay readable)."""
+    return not getattr(args, "no_progress", False) and sys.stderr.isatty()
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from flowaction.config import load_config
-    from flowaction.run import open_data
+    from flowaction.run import claim_run_dir, open_data, resume_config
     from flowaction.train import fit
 
     overrides = list(args.overrides)
     if args.data:
         overrides.append(f"data.cache={args.data}")
-    cfg = load_config(args.config, overrides)
-    cache = open_data(cfg, args.out)
-    summary = fit(cfg, cache, args.out, resume=args.resume)
+    if args.resume:
+        if args.config is not None:
+            raise ValueError("--resume takes the run's own config.yaml: give changes as KEY=VALUE, not --config")
+        claim_run_dir(args.out, args.resume, args.overwrite, args.delete_old)
+        cfg = resume_config(args.out, overrides)
+    else:  # a bad config is reported before the folder is looked at
+        cfg = load_config(args.config, overrides)
+        claim_run_dir(args.out, args.resume, args.overwrite, args.delete_old)
+    cache = open_data(cfg, args.out, progress=_progress(args))
+    summary = fit(cfg, cache, args.out, resume=args.resume, progress=_progress(args))
     print(json.dumps(summary, indent=1))
     return 0
 
@@ -38,13 +87,17 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from flowaction.train import evaluate_checkpoint
 
     cache = ClipCache.open(args.data)
-    report = evaluate_checkpoint(args.checkpoint, cache, args.split, "test", args.device)
+    if args.split is None:
+        args.split = "test" if cache.split("test") else "val"
+        print(f"scoring split {args.split!r}" + ("" if args.split == "test" else " (the cache has no test split)"))
+    report = evaluate_checkpoint(args.checkpoint, cache, args.split, "test", args.device, progress=_progress(args))
     write_eval_report(report, args.out)
     from flowaction.evaluate import describe_flow_errors
 
     print(
         f"{args.split}: clip accuracy {report['clip_accuracy']:.4f}  video accuracy "
-        f"{report['video_accuracy']:.4f}  top-5 {report['top5_video_accuracy']:.4f}"
+        f"{report['video_accuracy']:.4f}"
+        + (f"  top-5 {report['top5_video_accuracy']:.4f}" if report["top5_video_accuracy"] is not None else "")
     )
     if report["flow"]:
         print(describe_flow_errors(report["flow"]))
@@ -55,7 +108,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from flowaction.demo import run_demo
 
-    metrics = run_demo(args.out, preset=args.preset, overrides=args.overrides, resume=args.resume)
+    metrics = run_demo(args.out, preset=args.preset, overrides=args.overrides, resume=args.resume,
+                       overwrite=args.overwrite, delete_old=args.delete_old, progress=_progress(args))
     print(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, (list, dict))}, indent=1))
     return 0
 
@@ -79,23 +133,27 @@ def _cmd_pretrain_flow(args: argparse.Namespace) -> int:
     from flowaction.config import load_config
     from flowaction.demo import preset_path
     from flowaction.pretrain import pretrain_flow
-    from flowaction.run import open_data
+    from flowaction.run import claim_run_dir, open_data
 
     if args.data and args.videos:
         raise ValueError("give --data CACHE or --videos DIR, not both")
     overrides = list(args.overrides)
-    if args.videos:  # decode the folder once into OUT/cache (a rerun reuses it)
-        from flowaction.data.prepare import prepare
-
-        prepare("folder", args.videos, args.out / "cache", workers=1, progress=not args.no_progress, log=print)
+    if args.videos:  # decoded once into OUT/cache (a rerun reuses it)
         overrides.append(f"data.cache={args.out / 'cache'}")
     elif args.data:
         overrides.append(f"data.cache={args.data}")
     cfg = load_config(args.config or preset_path("pretrain"), overrides)
-    cache = open_data(cfg, args.out)
+    claim_run_dir(args.out, args.resume, args.overwrite, args.delete_old)
+    if args.videos:
+        from flowaction.data.prepare import prepare
+
+        # the flow losses need no labels: one folder of videos is enough
+        prepare("folder", args.videos, args.out / "cache", workers=1, progress=_progress(args), log=print,
+                min_classes=1)
+    cache = open_data(cfg, args.out, progress=_progress(args))
     argv = sys.argv[1:] if args.argv is None else args.argv
     summary = pretrain_flow(cfg, cache, args.out, args.steps, args.eval_every, resume=args.resume,
-                            progress=not args.no_progress, command="flowaction " + " ".join(map(str, argv)))
+                            progress=_progress(args), command="flowaction " + " ".join(map(str, argv)))
     print(f"wrote {summary['weights']} after {summary['steps']} steps ({summary['wall_seconds']:.0f} s); "
           f"use it with model.flow_init={summary['weights']}")
     return 0
@@ -122,8 +180,8 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
     report = prepare(
         args.kind, args.root, args.out, splits_dir=args.splits, split=args.split, workers=args.workers,
         size=size, min_frames=args.min_frames, shard_videos=args.shard_videos, val_fraction=args.val_fraction,
-        val_from_train=args.val_from_train, train_list=args.train_list, val_list=args.val_list, seed=args.seed,
-        progress=not args.no_progress, log=print,
+        test_fraction=args.test_fraction, val_from_train=args.val_from_train, train_list=args.train_list, val_list=args.val_list, seed=args.seed,
+        progress=_progress(args), log=print,
     )
     height, width = report["frame_size"]
     counts = "  ".join(f"{name} {count}" for name, count in report["videos"].items())
@@ -152,7 +210,7 @@ def _cmd_flow(args: argparse.Namespace) -> int:
         summary = run_flow(
             args.video, args.out, args.method, args.checkpoint, size=args.size, crop=args.crop,
             stride=None if args.stride == "train" else int(args.stride), max_frames=args.max_frames,
-            batch_size=args.batch_size, device=args.device, progress=not args.no_progress, log=print,
+            batch_size=args.batch_size, device=args.device, progress=_progress(args), log=print,
         )
     except DecodeError as error:  # a corrupt or unsupported file is a user error, not a crash
         print(f"flowaction flow: error: {args.video}: cannot decode video: {error}", file=sys.stderr)
@@ -172,29 +230,30 @@ def _cmd_flow(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="flowaction", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="flowaction", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="train a model from a YAML config")
     train.add_argument("--config", type=Path, default=None, help="YAML config (defaults if omitted)")
     train.add_argument("--out", type=Path, required=True, help="run directory")
     train.add_argument("--data", type=Path, default=None, help="prepared cache (else: generated benchmark)")
-    train.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    _add_run_dir(train, "run")
     _add_overrides(train)
     train.set_defaults(func=_cmd_train)
 
     evaluate = sub.add_parser("eval", help="score a checkpoint on a split of a cache")
     evaluate.add_argument("--checkpoint", type=Path, required=True)
     evaluate.add_argument("--data", type=Path, required=True, help="prepared cache directory")
-    evaluate.add_argument("--split", default="test")
+    evaluate.add_argument("--split", default=None, help="split to score (default: test if the cache has it, else val)")
     evaluate.add_argument("--out", type=Path, required=True)
     evaluate.add_argument("--device", default="auto")
+    evaluate.add_argument("--no-progress", action="store_true", help="no progress bar (also off when not a terminal)")
     evaluate.set_defaults(func=_cmd_eval)
 
     demo = sub.add_parser("demo", help="generate the benchmark, train the joint model, report")
     demo.add_argument("--out", type=Path, default=Path("runs/demo"))
     demo.add_argument("--preset", default="demo", help="demo (default) or tiny (seconds, for tests)")
-    demo.add_argument("--resume", action="store_true", help="continue an interrupted demo in OUT")
+    _add_run_dir(demo, "demo")
     _add_overrides(demo)
     demo.set_defaults(func=_cmd_demo)
 
@@ -204,13 +263,15 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--out", type=Path, required=True, help="cache directory (a rerun resumes it)")
     prep.add_argument("--splits", type=Path, default=None, help="official split files (default: found near ROOT)")
     prep.add_argument("--split", type=int, default=1, help="official split 1-3 (ucf101, hmdb51)")
-    prep.add_argument("--workers", type=int, default=1, help="decoding processes, one per core")
+    prep.add_argument("--workers", type=int, default=1, help="decoding processes (0: one per core)")
     prep.add_argument("--size", type=int, default=64, help="short side of the stored frames in pixels")
     prep.add_argument("--height", type=int, default=None, help="exact stored height (with --width)")
     prep.add_argument("--width", type=int, default=None, help="exact stored width (with --height)")
     prep.add_argument("--min-frames", type=int, default=8, help="shorter videos are skipped and reported")
     prep.add_argument("--shard-videos", type=int, default=128, help="videos per shard")
     prep.add_argument("--val-fraction", type=float, default=0.2, help="folder: share of each class put in val")
+    prep.add_argument("--test-fraction", type=float, default=0.0,
+                      help="folder: share of each class put in test (carved before val; 0: no test split)")
     prep.add_argument("--val-from-train", type=float, default=0.0,
                       help="ucf101/hmdb51: share of each class's train videos moved to val (0: official protocol)")
     prep.add_argument("--train-list", type=Path, default=None, help="folder: own train list (<class>/<file> lines)")
@@ -225,8 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
     flow.add_argument("--out", type=Path, required=True, help="output directory")
     flow.add_argument("--method", choices=("learned", "dis", "farneback", "all"), default="learned")
     flow.add_argument("--size", type=int, default=None, help="short side to decode at (default: the training's)")
-    flow.add_argument("--crop", type=int, default=None,
-                      help="centre-crop side (default: the checkpoint's data.crop; 0: whole frame)")
+    flow.add_argument("--crop", type=int, default=0,
+                      help="centre-crop side in pixels, e.g. the checkpoint's data.crop (0: the whole frame)")
     flow.add_argument("--stride", default="1",
                       help="triplet stride: 1 = a flow per frame; 'train' = the checkpoint's model.triplet_stride")
     flow.add_argument("--max-frames", type=int, default=None, help="use only the first N frames")
@@ -254,8 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--config", type=Path, default=None, help="YAML config (default: the packaged pretrain preset)")
     pre.add_argument("--steps", type=int, default=3000, help="optimiser steps")
     pre.add_argument("--eval-every", type=int, default=200, help="validate and write flownet.pt every N steps")
-    pre.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
-    pre.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_run_dir(pre, "pre-training")
     _add_overrides(pre)
     pre.set_defaults(func=_cmd_pretrain_flow, argv=None)
 
@@ -267,7 +327,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from flowaction.config import ConfigError
 
-    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+    if extra:  # unknown options: say which, with the nearest ones of that subcommand
+        subcommands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        subcommands.choices[args.command].reject_unknown(extra)
     if hasattr(args, "argv"):
         args.argv = argv
     try:

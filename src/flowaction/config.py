@@ -172,13 +172,33 @@ def _coerce(key: str, value: Any, current: Any) -> Any:
     raise ConfigError(f"{key}: expected {target.__name__}, got {value!r}")
 
 
+def nearest(word: str, choices: list[str] | tuple[str, ...], cutoff: float = 0.6) -> list[str]:
+    """The choices nearest to ``word`` (the best and any as good within 0.05), for "did you mean"."""
+    import difflib
+
+    scored = sorted(((difflib.SequenceMatcher(None, word, c).ratio(), c) for c in choices), reverse=True)
+    if not scored or scored[0][0] < cutoff:
+        return []
+    return [c for ratio, c in scored if ratio >= scored[0][0] - 0.05][:3]
+
+
+def unknown_key_message(key: str) -> str:
+    """``unknown config key ...`` with the nearest valid keys (not the whole list)."""
+    keys = valid_keys()
+    leaf = key.rsplit(".", 1)[-1]
+    # the right name in the wrong section (optim.crop -> data.crop) first, then near spellings
+    near = [k for k in keys if k.rsplit(".", 1)[-1] == leaf] or nearest(key, keys)
+    hint = f"; did you mean {' or '.join(repr(k) for k in near)}?" if near else ""
+    return f"unknown config key {key!r}{hint} (`flowaction keys` lists them all)"
+
+
 def _set(cfg: Config, key: str, value: Any) -> None:
     parts = key.split(".")
     node = cfg
     for depth, part in enumerate(parts):
         names = {f.name for f in dataclasses.fields(node)}
         if part not in names:
-            raise ConfigError(f"unknown config key {key!r}; valid keys: {', '.join(valid_keys())}")
+            raise ConfigError(unknown_key_message(key))
         if depth == len(parts) - 1:
             current = getattr(node, part)
             if dataclasses.is_dataclass(current):
@@ -187,14 +207,14 @@ def _set(cfg: Config, key: str, value: Any) -> None:
         else:
             node = getattr(node, part)
             if not dataclasses.is_dataclass(node):
-                raise ConfigError(f"unknown config key {key!r}; valid keys: {', '.join(valid_keys())}")
+                raise ConfigError(unknown_key_message(key))
 
 
-def _flatten(mapping: dict, prefix: str = "") -> dict[str, Any]:
+def flatten(mapping: dict, prefix: str = "") -> dict[str, Any]:
     flat = {}
     for key, value in mapping.items():
         if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
+            flat.update(flatten(value, f"{prefix}{key}."))
         else:
             flat[f"{prefix}{key}"] = value
     return flat
@@ -202,7 +222,7 @@ def _flatten(mapping: dict, prefix: str = "") -> dict[str, Any]:
 
 def validate(cfg: Config) -> Config:
     """Check ranges and choices; raise :class:`ConfigError` on the first problem."""
-    flat = _flatten(to_dict(cfg))
+    flat = flatten(to_dict(cfg))
     for key, allowed in _CHOICES.items():
         if flat[key] not in allowed:
             raise ConfigError(f"{key} = {flat[key]!r}; choose one of {allowed}")
@@ -232,7 +252,7 @@ def to_dict(cfg: Any) -> dict:
 def from_dict(mapping: dict, overrides: list[str] | None = None) -> Config:
     """Build a validated config from nested ``mapping`` plus ``key=value`` overrides."""
     cfg = Config()
-    for key, value in _flatten(mapping or {}).items():
+    for key, value in flatten(mapping or {}).items():
         _set(cfg, key, value)
     for item in overrides or []:
         if "=" not in item:
@@ -246,6 +266,8 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     """Read a YAML config file (or start from defaults when ``path`` is None)."""
     mapping: dict = {}
     if path is not None:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"config file {path} does not exist")
         with open(path) as handle:
             mapping = yaml.safe_load(handle) or {}
         if not isinstance(mapping, dict):

@@ -12,7 +12,7 @@ from flowaction.checkpoint import load_checkpoint
 from flowaction.config import LEARNED_INPUTS, Config, from_dict, load_config
 from flowaction.data.cache import ClipCache, atomic_write_json
 from flowaction.evaluate import describe_flow_errors
-from flowaction.run import open_data, write_eval_report
+from flowaction.run import claim_run_dir, open_data, write_eval_report
 from flowaction.train import build_model, evaluate_checkpoint, fit, make_loader
 
 PRESETS = ("demo", "tiny", "pretrain")
@@ -84,8 +84,13 @@ def run_demo(
     resume: bool = False,
     progress: bool = True,
     log=print,
+    overwrite: bool = False,
+    delete_old: bool = False,
 ) -> dict:
-    """Generate -> train -> test -> ``OUT/metrics.json`` and pictures. Returns the metrics."""
+    """Generate -> train -> test -> ``OUT/metrics.json`` and pictures. Returns the metrics.
+
+    An ``out`` that holds a run is continued with ``resume``, started again with ``overwrite``
+    (see :func:`flowaction.run.claim_run_dir`) and refused otherwise."""
     started = time.time()
     out = Path(out)
     overrides = list(overrides or [])
@@ -96,7 +101,8 @@ def run_demo(
         overrides.append("model.flow_init=none")
         log(f"model.input={given['model.input']}: no flow network, so the preset's pre-trained one is not used")
     cfg = load_config(preset_path(preset), overrides)
-    cache = open_data(cfg, out)
+    claim_run_dir(out, resume, overwrite, delete_old, log)
+    cache = open_data(cfg, out, progress=progress)
     generated = time.time()
     log(f"data: {len(cache.videos)} clips of {len(cache.classes)} motion classes in {cache.root}")
     if cfg.model.flow_init == "default":

@@ -187,6 +187,8 @@ def run_evaluation(
 def video_scores(result: EvalResult, num_classes: int) -> dict:
     """Video-level accuracy (softmax averaged over a video's clips), top-5, per class, confusion.
 
+    ``top5_video_accuracy`` is None with 5 classes or fewer, where it would be 1 by construction.
+
     Returns:
         ``{"video_accuracy", "top5_video_accuracy", "per_class": [K], "confusion": [[K x K]],
         "num_videos"}``; the confusion matrix counts videos, rows are true classes.
@@ -197,8 +199,7 @@ def video_scores(result: EvalResult, num_classes: int) -> dict:
     video_labels = np.zeros(len(unique), dtype=np.int64)
     video_labels[inverse] = result.labels
     predicted = mean_probs.argmax(1)
-    top_k = min(5, mean_probs.shape[1])
-    top5 = np.argsort(-mean_probs, axis=1)[:, :top_k]
+    top5 = np.argsort(-mean_probs, axis=1)[:, :5]
     confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
     np.add.at(confusion, (video_labels, predicted), 1)
     totals = confusion.sum(1)
@@ -206,7 +207,8 @@ def video_scores(result: EvalResult, num_classes: int) -> dict:
     return {
         "num_videos": int(len(unique)),
         "video_accuracy": float((predicted == video_labels).mean()),
-        "top5_video_accuracy": float((top5 == video_labels[:, None]).any(1).mean()),
+        # top-5 says something only when there are more than 5 classes to choose from
+        "top5_video_accuracy": float((top5 == video_labels[:, None]).any(1).mean()) if mean_probs.shape[1] > 5 else None,
         "per_class": per_class,
         "confusion": confusion.tolist(),
     }

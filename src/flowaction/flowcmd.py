@@ -232,7 +232,7 @@ def _settings(
             from flowaction.train import resolve_device
 
             model, cfg = load_flow_model(checkpoint, resolve_device(device))
-    crop = cfg.data.crop if crop is None else crop
+    crop = crop or 0  # the whole frame unless a crop is asked for
     short_side = size if size is not None else max(training_short_side(cfg), crop)
     return model, cfg, methods, short_side, crop
 
@@ -273,7 +273,7 @@ def estimate_video_flow(
         method: ``"learned"`` (needs ``checkpoint``), ``"dis"`` or ``"farneback"``.
         checkpoint: a flowaction checkpoint; also sets the preprocessing for OpenCV's methods.
         size: short side (pixels) to decode at; None: the training's (see :func:`training_short_side`).
-        crop: centre-crop side (pixels); None: the checkpoint's ``data.crop``; 0: whole frame.
+        crop: centre-crop side (pixels); None or 0: the whole frame (at the training scale).
         stride: triplet stride; 1 gives a flow for every frame but the last two.
         max_frames: use only the first ``max_frames`` frames.
 
@@ -348,7 +348,8 @@ def _write_pictures(out: Path, video: VideoFrames, pairs: np.ndarray, flows: dic
     scale = float(np.percentile(speeds, 99.0)) if speeds.size else 0.0
     for name, flow in flows.items():
         path = out / f"flow_{name}.gif"
-        flow_animation(gif_frames, flow[: len(shown)], path, max_flow=scale if scale > 0 else None)
+        flow_animation(gif_frames, flow[: len(shown)], path, max_flow=scale if scale > 0 else None,
+                       label=DISPLAY_NAMES[name], first_index=shown)
         written.append(str(path))
     return written
 

@@ -8,7 +8,7 @@ from flowaction.config import Config
 from flowaction.data.cache import ClipCache
 
 
-def open_data(cfg: Config, out: str | Path) -> ClipCache:
+def open_data(cfg: Config, out: str | Path, progress: bool = True) -> ClipCache:
     """The cache a config names, or the generated benchmark (made once, then reused)."""
     if cfg.data.cache:
         return ClipCache.open(cfg.data.cache)
@@ -19,7 +19,7 @@ def open_data(cfg: Config, out: str | Path) -> ClipCache:
     spec = SyntheticSpec(size=s.size, num_frames=s.num_frames, num_classes=s.num_classes)
     target = Path(cfg.data.synthetic_dir) if cfg.data.synthetic_dir else Path(out) / "data"
     counts = {"train": s.train_per_class, "val": s.val_per_class, "test": s.test_per_class}
-    return synthetic_cache(target, spec, counts, s.seed)
+    return synthetic_cache(target, spec, counts, s.seed, progress=progress)
 
 
 def write_eval_report(report: dict, out: str | Path) -> None:
@@ -32,3 +32,78 @@ def write_eval_report(report: dict, out: str | Path) -> None:
     atomic_write_json(out / "eval.json", report)
     title = f"{report['split']}: video accuracy {report['video_accuracy']:.3f}"
     plot_confusion(report["confusion"], report["classes"], out / "confusion.png", title)
+
+
+# what a training run writes into its folder; data/ and cache/ (reusable inputs) are not in it
+RUN_FILES = (
+    "last.pt", "best.pt", "flownet.pt", "metrics.csv", "metrics.json", "eval.json", "config.yaml",
+    "curves.png", "confusion.png", "flows.png", "tensorboard",
+)
+
+
+def claim_run_dir(out: str | Path, resume: bool, overwrite: bool = False, delete_old: bool = False, log=print) -> None:
+    """Make ``out`` ready for a run, never silently replacing an earlier one.
+
+    * ``resume``: ``out`` must hold a run to continue (its ``last.pt``), else FileNotFoundError.
+    * a folder that already holds a run (any of :data:`RUN_FILES`) is refused with FileExistsError
+      unless ``overwrite``: then the old run's files are moved to ``out/replaced-<time>/`` (or
+      deleted with ``delete_old``); nothing else in the folder is touched.
+    """
+    import shutil
+    import time
+
+    out = Path(out)
+    if resume:
+        if overwrite:
+            raise ValueError("--resume continues a run and --overwrite starts again: give one of them")
+        if not out.is_dir():
+            raise FileNotFoundError(f"--resume: {out} does not exist, so there is no run to resume")
+        if not (out / "last.pt").is_file():
+            raise FileNotFoundError(f"--resume: {out} holds no run to resume (no last.pt); "
+                                    "leave out --resume to start one" + (" (with --overwrite)" if _run_files(out) else ""))
+        return
+    found = _run_files(out)
+    if not found:
+        return
+    if not overwrite:
+        raise FileExistsError(
+            f"{out} already holds a run ({', '.join(found)}): pass --resume to continue it, or --overwrite "
+            "to start again (the old files are moved to a replaced-<time> folder inside it; add --delete-old "
+            "to delete them instead)"
+        )
+    if delete_old:
+        for name in found:
+            path = out / name
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+        log(f"--overwrite --delete-old: deleted the earlier run's {', '.join(found)} in {out}")
+        return
+    aside = out / time.strftime("replaced-%Y%m%d-%H%M%S")
+    suffix = 1
+    while aside.exists():
+        aside = out / f"{time.strftime('replaced-%Y%m%d-%H%M%S')}-{suffix}"
+        suffix += 1
+    aside.mkdir()
+    for name in found:
+        (out / name).rename(aside / name)
+    log(f"--overwrite: moved the earlier run's {', '.join(found)} to {aside}")
+
+
+def _run_files(out: Path) -> list[str]:
+    return [name for name in RUN_FILES if (out / name).exists()]
+
+
+def resume_config(out: str | Path, overrides: list[str], log=print) -> Config:
+    """The config of the run in ``out`` (its ``config.yaml``) with ``overrides`` applied; every
+    override that changes a value is reported."""
+    from flowaction.config import flatten, load_config, to_dict
+
+    path = Path(out) / "config.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"--resume: {path} does not exist, so the run's settings are unknown")
+    saved = load_config(path)
+    cfg = load_config(path, overrides)
+    before, after = flatten(to_dict(saved)), flatten(to_dict(cfg))
+    changed = [f"{key} {before[key]!r} -> {after[key]!r}" for key in after if before[key] != after[key]]
+    log(f"resuming {out} with its own config.yaml" + (f"; changed on the command line: {', '.join(changed)}"
+                                                      if changed else ""))
+    return cfg

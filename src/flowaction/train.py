@@ -82,6 +82,19 @@ def subset_per_class(cache: ClipCache, split: str, limit: int) -> list[int]:
     return chosen
 
 
+def check_training_data(cache: ClipCache, train_videos: list[int], split: str) -> None:
+    """Refuse data a classifier cannot learn from: fewer than two classes, or a class without a
+    single training video (named)."""
+    if len(cache.classes) < 2:
+        raise ValueError(f"{cache.root} has {len(cache.classes)} class ({', '.join(cache.classes) or 'none'}): "
+                         "an action classifier needs two classes or more")
+    present = {cache.videos[i]["label"] for i in train_videos}
+    missing = [name for label, name in enumerate(cache.classes) if label not in present]
+    if missing:
+        raise ValueError(f"no {split!r} video for class(es) {', '.join(missing)} in {cache.root}: every class "
+                         "needs training videos (add some, or prepare without that class folder)")
+
+
 def make_loader(cfg: Config, cache: ClipCache, split: str, mode: str, shuffle: bool = False) -> DataLoader:
     """A loader over one split; ``mode`` is train / val / test (see ``data.clips``)."""
     a = cfg.augment
@@ -240,6 +253,7 @@ def fit(
     model = build_model(cfg, len(classes)).to(device)
     optimizer = build_optimizer(cfg, model)
     train_loader = make_loader(cfg, cache, cfg.data.train_split, "train", shuffle=True)
+    check_training_data(cache, train_loader.dataset.videos, cfg.data.train_split)
     val_loader = make_loader(cfg, cache, cfg.data.val_split, "val")
     start_epoch, step, best = 0, 0, {"val_accuracy": -1.0, "epoch": -1}
     last_path = out / "last.pt"
@@ -258,6 +272,13 @@ def fit(
         log(f"resumed from {last_path} at epoch {start_epoch}")
     logger = RunLogger(out)
     total_steps, epochs = training_length(cfg, len(train_loader))
+    if start_epoch == 0:
+        counts = ", ".join(f"{name} {len(cache.split(name))}" for name in cache.splits())
+        parameters = sum(p.numel() for p in model.parameters())
+        log(f"data: {len(classes)} classes, videos per split: {counts} ({cache.root})")
+        log(f"model: {cfg.model.input} input, 3D ResNet-{cfg.model.depth}, {parameters:,} parameters, on {device}")
+        log(f"training: {epochs} epochs x {len(train_loader)} steps = {total_steps} steps of {cfg.optim.batch_size} "
+            f"clips; outputs in {out}")
     started = time.time()
     weights = loss_weights(cfg)
     val_classical: dict = {}

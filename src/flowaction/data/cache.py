@@ -193,6 +193,8 @@ class ClipCache:
     def open(cls, root: str | os.PathLike) -> "ClipCache":
         root = Path(root)
         path = root / INDEX_NAME
+        if not root.exists():
+            raise FileNotFoundError(f"{root} does not exist (a clip cache is made by `flowaction prepare`)")
         if not path.is_file():
             raise FileNotFoundError(
                 f"{root} is not a complete clip cache (no {INDEX_NAME}); run `flowaction prepare` "

@@ -19,6 +19,7 @@ rest. One prepare per cache directory at a time.
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import queue
 import re
 import time
@@ -235,6 +236,7 @@ def prepare(
     shard_frames: int = 40_000,
     val_fraction: float = 0.2,
     val_from_train: float = 0.0,
+    test_fraction: float = 0.0,
     train_list: str | Path | None = None,
     val_list: str | Path | None = None,
     seed: int = 0,
@@ -242,6 +244,7 @@ def prepare(
     threads: bool = False,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
+    min_classes: int = 2,
 ) -> dict:
     """Decode the videos of a data set into the clip cache ``out``; resumable. Returns the report.
 
@@ -249,18 +252,20 @@ def prepare(
         kind: ``ucf101``, ``hmdb51`` or ``folder``.
         splits_dir: the official split files (UCF101 / HMDB51); found near ``root`` if omitted.
         split: official split 1-3.
-        workers: decoding processes (one per core); 1 decodes in this process.
+        workers: decoding processes; 0 starts one per core, 1 decodes in this process.
         size: short side in pixels (aspect ratio of the first video kept, e.g. 64 -> 64 x 85 for
             320 x 240) or an exact ``(H, W)``; every video is scaled to cover it and centre-cropped.
         min_frames: shorter videos are skipped and reported.
         shard_videos, shard_frames: a shard is closed at this many videos or frames (40,000
             frames of 64 x 85 is about 220 MB held in memory per worker).
-        val_fraction: folder kind: share of each class put in ``val``.
+        val_fraction: folder kind: share of each class put in ``val`` (after ``test`` is carved).
+        test_fraction: folder kind: share of each class put in ``test`` (0: no test split).
         val_from_train: UCF101 / HMDB51: share of each class's train videos moved to ``val``
             (UCF101 by whole groups); 0 keeps the official train / test protocol.
         train_list, val_list: folder kind: the user's own split lists (``<class>/<file>`` lines).
         method, threads: decoding options (see ``data/decode.py``).
         log: receives one-line notices (resume, clean-up); nothing is printed here.
+        min_classes: fewer classes are refused (2 for a classifier; 1 for flow pre-training).
 
     Returns:
         The report also written to ``out/prepare_report.json``: ``videos`` per split, ``classes``
@@ -270,10 +275,12 @@ def prepare(
     started = time.perf_counter()
     log = log or (lambda message: None)
     root, out = Path(root), Path(out)
-    if workers < 1 or min_frames < 1 or shard_videos < 1:
-        raise ValueError("workers, min_frames and shard_videos must be >= 1")
+    if workers < 0 or min_frames < 1 or shard_videos < 1:
+        raise ValueError("workers must be >= 0 (0: one per core), min_frames and shard_videos >= 1")
+    workers = workers or os.cpu_count() or 1
     plan = load_splits(kind, root, Path(splits_dir) if splits_dir else None, split, val_fraction, val_from_train,
-                       seed, Path(train_list) if train_list else None, Path(val_list) if val_list else None)
+                       seed, Path(train_list) if train_list else None, Path(val_list) if val_list else None,
+                       test_fraction, min_classes)
     if not plan.entries:
         raise ValueError(f"the {kind} split plan under {root} lists no video")
     out.mkdir(parents=True, exist_ok=True)

@@ -179,16 +179,17 @@ def carve_val(
     seed: int = 0,
     source: str = "train",
     group: Callable[[VideoEntry], str] | None = None,
+    target: str = "val",
 ) -> list[VideoEntry]:
     """Move ``fraction * n`` (rounded half up) of each class's ``source`` videos (at least 1 of 2 or more)
-    to ``val``, chosen by a seeded hash per video; deterministic and stratified, and adding a
-    video to one class never changes another class's split.
+    to ``target`` (``val``, or ``test``), chosen by a seeded hash per video; deterministic and
+    stratified, and adding a video to one class never changes another class's split.
 
     ``group`` maps a video to a group kept whole (UCF101's ``gXX``: clips of one group share
     actor and scene, so splitting a group would leak between train and val).
     """
     if not 0.0 <= fraction < 1.0:
-        raise SplitError(f"a val fraction must be in [0, 1), got {fraction}")
+        raise SplitError(f"a {target} fraction must be in [0, 1), got {fraction}")
     entries = list(entries)
     if fraction == 0:
         return entries
@@ -199,13 +200,15 @@ def carve_val(
             per_class[entry.cls][keyof(entry)].append(i)
     out = list(entries)
     for cls, groups in per_class.items():
-        keys = sorted(groups, key=lambda k: _rank(seed, f"{cls}/{k}"))
+        # val keeps its original ranking key; another target ranks by its own, independent hash
+        prefix = "" if target == "val" else f"{target}:"
+        keys = sorted(groups, key=lambda k: _rank(seed, f"{prefix}{cls}/{k}"))
         count = int(fraction * len(keys) + 0.5)  # half up, not Python's half-to-even
         if count == 0 and len(keys) >= 2:
             count = 1
         for key in keys[: min(count, len(keys) - 1)]:
             for i in groups[key]:
-                out[i] = replace(entries[i], split="val")
+                out[i] = replace(entries[i], split=target)
     return out
 
 
@@ -221,11 +224,13 @@ def folder_splits(
     seed: int = 0,
     train_list: Path | None = None,
     val_list: Path | None = None,
+    test_fraction: float = 0.0,
 ) -> SplitPlan:
-    """A folder per class: ``train`` / ``val`` carved per class, or read from list files.
+    """A folder per class: ``train`` / ``val`` (and ``test``) carved per class, or read from list files.
 
     With ``train_list`` and/or ``val_list`` (lines ``<class>/<file>``), exactly the listed videos
-    are used; otherwise every video, ``val_fraction`` of each class going to ``val``.
+    are used; otherwise every video: ``test_fraction`` of each class goes to ``test`` first, then
+    ``val_fraction`` of the rest to ``val``.
     """
     root = Path(root)
     if not root.is_dir():
@@ -237,7 +242,10 @@ def folder_splits(
         raise SplitError(f"no class folder with videos ({', '.join(VIDEO_EXTENSIONS)}) under {root}")
     if train_list is None and val_list is None:
         entries = [VideoEntry(f"{c}/{name}", c, "train") for c in classes for name in videos[c]]
+        entries = carve_val(entries, test_fraction, seed, target="test")
         return SplitPlan(classes, carve_val(entries, val_fraction, seed))
+    if test_fraction:
+        raise SplitError("--test-fraction carves a test split from all videos; with your own lists, list them")
     entries, seen = [], {}
     for list_path, split_name in ((train_list, "train"), (val_list, "val")):
         if list_path is None:
@@ -267,8 +275,13 @@ def load_splits(
     seed: int = 0,
     train_list: Path | None = None,
     val_list: Path | None = None,
+    test_fraction: float = 0.0,
+    min_classes: int = 2,
 ) -> SplitPlan:
     """The plan of any supported ``kind`` (``ucf101``, ``hmdb51``, ``folder``).
+
+    An action classifier needs two classes at least: a plan with fewer than ``min_classes`` is
+    refused (1 suits the flow losses alone, which need no labels).
 
     ``val_from_train`` carves a ``val`` split from the official train split (UCF101 by whole
     groups); 0 keeps the official protocol (train / test only).
@@ -278,8 +291,16 @@ def load_splits(
         raise SplitError(f"video root {root} does not exist")
     if kind in ("ucf101", "hmdb51"):
         reader, group = (ucf101_splits, ucf101_group) if kind == "ucf101" else (hmdb51_splits, None)
+        if test_fraction:
+            raise SplitError(f"{kind} has an official test split: --test-fraction is for the folder kind")
         plan = reader(root, splits_dir, split)
-        return SplitPlan(plan.classes, carve_val(plan.entries, val_from_train, seed, group=group))
-    if kind == "folder":
-        return folder_splits(root, val_fraction, seed, train_list, val_list)
-    raise SplitError(f"unknown data set kind {kind!r}: ucf101, hmdb51 or folder")
+        plan = SplitPlan(plan.classes, carve_val(plan.entries, val_from_train, seed, group=group))
+    elif kind == "folder":
+        plan = folder_splits(root, val_fraction, seed, train_list, val_list, test_fraction)
+    else:
+        raise SplitError(f"unknown data set kind {kind!r}: ucf101, hmdb51 or folder")
+    if len(plan.classes) < min_classes:
+        found = f"only {plan.classes[0]!r}" if plan.classes else "none"
+        raise SplitError(f"{root} has {len(plan.classes)} class with videos ({found}): an action classifier "
+                         "needs two classes or more (one folder per class)")
+    return plan

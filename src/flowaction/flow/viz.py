@@ -161,12 +161,14 @@ def flow_panel(
             "learned flow": f, "DIS": g, "ground truth": gt, "warp error": e}``. Columns appear
             in first-seen key order; a row lacking a column leaves that cell blank. Arrays:
             ``(2, H, W)`` flows (colour-coded), ``(H, W)`` scalar images, ``(H, W, 3)`` RGB.
-        max_flow: speed (pixels) of full saturation. None: per row, the largest speed over the
-            row's flow cells, so that the flows of a row share one scale and compare.
-        cmaps: column name -> colormap for scalar columns (``{"warp error": "magma"}``),
-            autoscaled; other scalar columns are grey on [0, 1] (float) or [0, 255] (uint8).
+        max_flow: speed (pixels) of full saturation. None: the largest speed over every flow cell
+            of the picture, so that all its flows share one scale and compare.
+        cmaps: column name -> colormap for scalar columns (``{"warp error": "magma"}``), one
+            scale per column from 0 to the column's largest value, shown by a colour bar; other
+            scalar columns are grey on [0, 1] (float) or [0, 255] (uint8).
         row_labels: optional label per row, left of the first column.
-        legend: add a "colour key" column (the wheel, titled with the row's max speed).
+        legend: add a "colour key" column: the wheel, titled with the picture's full-saturation
+            speed (in the first row; the scale is the same for every row).
         title: figure title; cell_inches: size of one cell; dpi: output resolution.
 
     Returns:
@@ -186,14 +188,19 @@ def flow_panel(
         raise ValueError(f"{len(row_labels)} row labels for {len(row_list)} rows")
     cmaps = dict(cmaps or {})
     n_cols = len(columns) + (1 if legend else 0)
+    arrays_per_row = [{name: _to_numpy(value) for name, value in row.items()} for row in row_list]
+    flows = [a.astype(np.float64) for arrays in arrays_per_row for a in arrays.values() if _kind(a) == "flow"]
+    picture_max = max_flow if max_flow is not None else _max_magnitude(flows)
+    # one scale per colour-mapped scalar column, over all rows
+    column_max = {
+        name: max([float(np.nanmax(a[name])) for a in arrays_per_row if name in a and a[name].size] or [0.0]) or 1.0
+        for name in cmaps
+    }
 
     fig = Figure(figsize=(cell_inches * n_cols, cell_inches * len(row_list) + 0.4), dpi=dpi)
     FigureCanvasAgg(fig)
     axes = np.asarray(fig.subplots(len(row_list), n_cols, squeeze=False))
-    for r, row in enumerate(row_list):
-        arrays = {name: _to_numpy(value) for name, value in row.items()}
-        flows = [a.astype(np.float64) for a in arrays.values() if _kind(a) == "flow"]
-        row_max = max_flow if max_flow is not None else _max_magnitude(flows)
+    for r, arrays in enumerate(arrays_per_row):
         for c, name in enumerate(columns):
             ax = axes[r, c]
             ax.set_xticks([])
@@ -208,20 +215,23 @@ def flow_panel(
             item = arrays[name]
             kind = _kind(item)
             if kind == "flow":
-                ax.imshow(flow_to_color(item, max_flow=row_max or None), interpolation="nearest")
+                ax.imshow(flow_to_color(item, max_flow=picture_max or None), interpolation="nearest")
             elif kind == "rgb":
                 ax.imshow(item, interpolation="nearest")
             elif name in cmaps:
-                ax.imshow(item, cmap=cmaps[name], interpolation="nearest")
+                image = ax.imshow(item, cmap=cmaps[name], vmin=0.0, vmax=column_max[name], interpolation="nearest")
+                bar = fig.colorbar(image, ax=ax, fraction=0.046, pad=0.03)
+                bar.ax.tick_params(labelsize=7)
             else:
                 top = 255 if item.dtype == np.uint8 else 1.0
                 ax.imshow(item, cmap="gray", vmin=0, vmax=top, interpolation="nearest")
         if legend:
             ax = axes[r, -1]
-            ax.imshow(color_wheel_legend(65), interpolation="bilinear")
             ax.set_axis_off()
-            if flows:
-                ax.set_title(f"key: rim = {row_max:.3g} px", fontsize=8)
+            if r == 0:  # one scale for the whole picture: one key
+                ax.imshow(color_wheel_legend(65), interpolation="bilinear")
+                if flows:
+                    ax.set_title(f"key: rim = {picture_max:.3g} px", fontsize=8)
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
@@ -239,8 +249,11 @@ def flow_animation(
     fps: float = 8.0,
     scale: int | None = None,
     gap: int = 4,
+    label: str | None = None,
+    first_index: Sequence[int] | None = None,
 ) -> Path:
-    """Write a clip as an animation of ``frame t | colour-coded flow t`` side by side.
+    """Write a clip as an animation of ``frame t | colour-coded flow t | key`` side by side, under a
+    caption naming ``label`` (e.g. the method), the frame pair and the key's full-saturation speed.
 
     Args:
         frames: ``(T, H, W)`` grayscale frames, uint8 or float in [0, 1].
@@ -252,7 +265,9 @@ def flow_animation(
         fps: frames per second.
         scale: integer nearest-neighbour upscaling (None: enough to make frames >= 128 px high,
             since 56 x 56 clips are tiny on screen).
-        gap: white pixels between the two halves (after scaling).
+        gap: white pixels between the panels (after scaling).
+        label: caption prefix, e.g. ``"learned"``; first_index: the video frame index of each
+            flow's first frame (default ``0, 1, ...``), shown as ``frames i->i+1``.
 
     Returns:
         The path written; the animation has ``T - 1`` frames (a progress bar under them keeps
@@ -273,13 +288,19 @@ def flow_animation(
     if frames_np.dtype != np.uint8:
         frames_np = np.clip(np.rint(frames_np.astype(np.float64) * 255.0), 0, 255).astype(np.uint8)
 
+    starts = list(range(n_frames - 1)) if first_index is None else [int(i) for i in first_index]
+    if len(starts) != n_frames - 1:
+        raise ValueError(f"first_index needs {n_frames - 1} entries, got {len(starts)}")
+    key = color_wheel_legend(height * scale)
     images = []
     for t in range(n_frames - 1):
         left = np.repeat(frames_np[t][..., None], 3, axis=2)
         right = flow_to_color(flows_np[t], max_flow=max_flow)
         spacer = np.full((height * scale, gap, 3), 255, dtype=np.uint8)
         up = [np.repeat(np.repeat(x, scale, axis=0), scale, axis=1) for x in (left, right)]
-        image = np.concatenate([up[0], spacer, up[1]], axis=1)
+        image = np.concatenate([up[0], spacer, up[1], spacer, key], axis=1)
+        caption = f"{label + '  ' if label else ''}frames {starts[t]}->{starts[t] + 1}  key: rim = {max_flow or 0:.3g} px"
+        image = np.concatenate([_caption(caption, image.shape[1]), image], axis=0)
         # A progress bar under the pair shows where in the clip we are, and keeps consecutive
         # frames distinct so the GIF writer does not merge them when the clip is static.
         bar = np.full((max(3, scale), image.shape[1], 3), 255, dtype=np.uint8)
@@ -292,6 +313,15 @@ def flow_animation(
     else:
         _write_gif(out, images, fps)
     return out
+
+
+def _caption(text: str, width: int, height: int = 14) -> np.ndarray:
+    """A white ``(height, width, 3)`` strip with ``text`` in black (PIL's built-in font)."""
+    from PIL import Image, ImageDraw
+
+    strip = Image.new("RGB", (width, height), (255, 255, 255))
+    ImageDraw.Draw(strip).text((2, 1), text, fill=(0, 0, 0))
+    return np.asarray(strip)
 
 
 def _write_gif(path: Path, images: list[np.ndarray], fps: float) -> None:
