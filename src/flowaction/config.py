@@ -39,6 +39,8 @@ class DataConfig:
     crop: int = 56
     test_clips: int = 10
     max_train_per_class: int = 0  # > 0: use only the first N training videos of each class
+    # DataLoader worker processes; 0 loads clips in the training process itself (note: for
+    # `prepare --workers`, 0 means one decoding process per core)
     num_workers: int = 0
     train_split: str = "train"
     val_split: str = "val"
