@@ -15,7 +15,7 @@ from flowaction.config import _CHOICES, LEARNED_INPUTS
 from flowaction.demo import preset_path
 from flowaction.models.joint import INPUTS
 
-COMMANDS = ("demo", "train", "eval", "flow", "ablate")
+COMMANDS = ("demo", "train", "eval", "flow", "ablate", "predict", "stream", "export")
 # commands that neither take a checkpoint nor build a classifier from model.input
 WITHOUT_MODEL = {"prepare", "keys", "pretrain-flow"}
 TINY = str(preset_path("tiny"))
@@ -113,6 +113,30 @@ def test_every_input_through_every_command(model_input, command, demos, video, t
             error = capsys.readouterr().err.strip()
             assert len(error.splitlines()) == 1
             assert f"no flow network (model.input={model_input})" in error
+    elif command == "predict":
+        out = tmp_path / "predict.json"
+        assert main(["predict", str(video), "--checkpoint", str(checkpoint), "--clips", "2", "--top-k", "3",
+                     "--save-flow", str(tmp_path / "flows"), "--json", str(out)]) == 0
+        (result,) = json.loads(out.read_text())["videos"]
+        assert len(result["top_k"]) == 3
+        # the flow the model saw: learned or OpenCV; none for frames, and said so
+        assert bool(result["flow_pictures"]) == (model_input != "frames")
+        if model_input == "frames":
+            assert "computes no flow" in capsys.readouterr().out
+    elif command == "stream":
+        lines = tmp_path / "stream.jsonl"
+        assert main(["stream", "--checkpoint", str(checkpoint), "--source", str(video), "--as-fast-as-possible",
+                     "--json", str(lines)]) == 0
+        records = [json.loads(line) for line in lines.read_text().splitlines()]
+        assert records and all(0.0 <= r["probabilities"][0] <= 1.0 for r in records)
+    elif command == "export":
+        out = tmp_path / "model.onnx"
+        assert main(["export", "--checkpoint", str(checkpoint), "--format", "onnx", "--out", str(out)]) == 0
+        graphs = sorted(p.name for p in tmp_path.glob("model*.onnx"))
+        expected = ["model.classifier.onnx", "model.flow.onnx", "model.onnx"] if model_input in LEARNED_INPUTS \
+            else ["model.onnx"]
+        assert graphs == expected
+        assert main(["predict", str(video), "--checkpoint", str(out), "--clips", "2"]) == 0  # the file runs
     elif command == "ablate":
         out = tmp_path / "ablate"
         assert main(["ablate", "--config", TINY, "--runs", model_input, "--seeds", "1", "--out", str(out)]) == 0

@@ -1,2 +1,11 @@
 """flowaction: joint optical-flow and action recognition."""
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # flowaction.Recognizer / flowaction.Prediction without importing torch for `import flowaction`
+    if name in ("Recognizer", "Prediction"):
+        from flowaction.inference import recognizer
+
+        return getattr(recognizer, name)
+    raise AttributeError(f"module 'flowaction' has no attribute {name!r}")

@@ -159,6 +159,81 @@ def _cmd_pretrain_flow(args: argparse.Namespace) -> int:
     return 0
 
 
+def _videos(paths: list[Path]) -> list[Path]:
+    """Files as given; a folder gives every video file under it (sorted)."""
+    from flowaction.data.splits import VIDEO_EXTENSIONS
+
+    found: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            inside = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS)
+            if not inside:
+                raise FileNotFoundError(f"{path} holds no video file ({', '.join(VIDEO_EXTENSIONS)})")
+            found.extend(inside)
+        elif not path.exists():
+            raise FileNotFoundError(f"{path} does not exist")
+        else:
+            found.append(path)
+    return found
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from flowaction.data.decode import DecodeError
+    from flowaction.inference.model import load_model
+    from flowaction.inference.predict import predict_video
+
+    videos = _videos(args.paths)
+    if args.save_flow is not None and args.save_flow.exists() and not args.save_flow.is_dir():
+        raise FileExistsError(f"--save-flow {args.save_flow} is a file, not a folder")
+    model = load_model(args.checkpoint, args.device)
+    if args.save_flow is not None and model.input == "frames":
+        print(f"--save-flow: model.input=frames classifies frames and computes no flow: no flow pictures")
+    results, failed = [], []
+    for video in videos:
+        try:
+            result = predict_video(model, video, args.clips, args.top_k, args.timeline, args.save_flow)
+        except DecodeError as error:  # one bad file is reported, the others still run
+            print(f"{video}: cannot decode video: {error}", file=sys.stderr)
+            failed.append({"video": str(video), "error": str(error)})
+            continue
+        results.append(result)
+        best = "  ".join(f"{item['label']} {item['probability']:.3f}" for item in result["top_k"])
+        print(f"{video}: {best}")
+        for segment in result.get("timeline", []):
+            top = segment["top_k"][0]
+            print(f"  {segment['start_s']:7.1f}-{segment['end_s']:7.1f} s: {top['label']} {top['probability']:.3f}")
+    if args.json:
+        from flowaction.data.cache import atomic_write_json
+
+        atomic_write_json(args.json, {"checkpoint": str(args.checkpoint), "videos": results, "failed": failed})
+        print(f"wrote {args.json}")
+    return 0 if results else 2
+
+
+def _cmd_stream(args: argparse.Namespace) -> int:
+    from flowaction.inference.stream import run_stream
+
+    if args.every < 1:
+        raise ValueError("--every must be >= 1")
+    summary = run_stream(args.checkpoint, args.source, args.every, args.top_k, args.device,
+                         args.as_fast_as_possible, args.show, args.json, args.max_frames)
+    p50, p95 = summary["latency_ms_p50"], summary["latency_ms_p95"]
+    latency = f"latency p50 {p50:.1f} ms, p95 {p95:.1f} ms" if p50 is not None else "no prediction (source too short?)"
+    print(f"{'interrupted' if summary['interrupted'] else 'done'}: {summary['frames_processed']} frames processed of "
+          f"{summary['frames_read']} read ({summary['frames_dropped']} dropped), {summary['predictions']} predictions, "
+          f"{summary['frames_per_second']:.1f} frames/s, {latency}")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from flowaction.inference.export import export_model
+
+    report = export_model(args.checkpoint, args.out, args.format)
+    print(f"exported {report['input']} model as {args.format}: {', '.join(report['files'].values())}; "
+          f"max |difference| to PyTorch {max(report['max_abs_diff'].values()):.2e}")
+    return 0
+
+
 def _cmd_keys(args: argparse.Namespace) -> int:
     from flowaction.config import Config, to_dict, valid_keys
 
@@ -318,6 +393,36 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_dir(pre, "pre-training")
     _add_overrides(pre)
     pre.set_defaults(func=_cmd_pretrain_flow, argv=None)
+
+    pred = sub.add_parser("predict", help="classify video files with a trained model (top-k, timeline, flows)")
+    pred.add_argument("paths", nargs="+", type=Path, help="video files or folders of videos")
+    pred.add_argument("--checkpoint", type=Path, required=True, help="best.pt, or a file from `flowaction export`")
+    pred.add_argument("--top-k", type=int, default=5, help="classes reported per video")
+    pred.add_argument("--clips", type=int, default=10, help="uniformly spaced clips averaged per video")
+    pred.add_argument("--timeline", type=float, default=None, help="also classify every SECONDS-long segment")
+    pred.add_argument("--save-flow", type=Path, default=None, help="write the flow the model saw as pictures here")
+    pred.add_argument("--json", type=Path, default=None, help="write every result to this JSON file")
+    pred.add_argument("--device", default="cpu")
+    pred.set_defaults(func=_cmd_predict)
+
+    stream = sub.add_parser("stream", help="recognise actions live from a camera, file or URL")
+    stream.add_argument("--checkpoint", type=Path, required=True, help="best.pt, or a file from `flowaction export`")
+    stream.add_argument("--source", default="0", help="camera index, video file or stream URL")
+    stream.add_argument("--every", type=int, default=1, help="predict every N frames once a clip is full")
+    stream.add_argument("--top-k", type=int, default=5)
+    stream.add_argument("--show", action="store_true", help="show the frames with the label in a window")
+    stream.add_argument("--json", type=Path, default=None, help="write one JSON line per prediction")
+    stream.add_argument("--as-fast-as-possible", action="store_true",
+                        help="a file: process every frame as fast as possible instead of at its frame rate")
+    stream.add_argument("--max-frames", type=int, default=None, help="stop after N processed frames")
+    stream.add_argument("--device", default="cpu")
+    stream.set_defaults(func=_cmd_stream)
+
+    export = sub.add_parser("export", help="export a checkpoint to ONNX or torch.export, checked against PyTorch")
+    export.add_argument("--checkpoint", type=Path, required=True)
+    export.add_argument("--format", choices=("onnx", "torch-export"), default="onnx")
+    export.add_argument("--out", type=Path, required=True, help="model.onnx or model.pt2 (other graphs beside it)")
+    export.set_defaults(func=_cmd_export)
 
     keys = sub.add_parser("keys", help="list every config key with its default")
     keys.set_defaults(func=_cmd_keys)

@@ -115,7 +115,8 @@ def make_loader(cfg: Config, cache: ClipCache, split: str, mode: str, shuffle: b
         batch_size=cfg.optim.batch_size,
         shuffle=shuffle,
         num_workers=cfg.data.num_workers,
-        drop_last=False,
+        # a last training batch of one clip cannot go through batch norm in training mode: drop it
+        drop_last=mode == "train" and len(dataset) % cfg.optim.batch_size == 1 and len(dataset) > 1,
         generator=generator,
         persistent_workers=cfg.data.num_workers > 0,
     )
@@ -216,10 +217,12 @@ def train_one_epoch(
     return metrics, step
 
 
-def _checkpoint_state(cfg, classes, model, optimizer, epoch, step, best) -> dict:
+def _checkpoint_state(cfg, classes, model, optimizer, epoch, step, best, frame_size=None) -> dict:
     return {
         "config": to_dict(cfg),
         "classes": list(classes),
+        # the stored frame size of the training data: inference on a video file resizes to it
+        "frame_size": [int(v) for v in frame_size] if frame_size is not None else None,
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "epoch": epoch,
@@ -302,11 +305,11 @@ def fit(
             best = {"val_accuracy": val_metrics["accuracy"], "epoch": epoch, "val_epe": result.flow_epe,
                     "val_moving_epe": result.flow.get("moving_epe")}
             # best.pt is for evaluation: without the optimiser state it is a third of the size
-            best_state = _checkpoint_state(cfg, classes, model, optimizer, epoch, step, best)
+            best_state = _checkpoint_state(cfg, classes, model, optimizer, epoch, step, best, cache.index["frame_size"])
             best_state["optimizer"] = None
             save_checkpoint(out / "best.pt", best_state)
         if (epoch + 1) % cfg.optim.checkpoint_every == 0 or epoch + 1 == epochs:
-            save_checkpoint(last_path, _checkpoint_state(cfg, classes, model, optimizer, epoch, step, best))
+            save_checkpoint(last_path, _checkpoint_state(cfg, classes, model, optimizer, epoch, step, best, cache.index["frame_size"]))
         epe = f" | {describe_flow_errors(result.flow)}" if result.flow else ""
         log(
             f"epoch {epoch:3d}  train loss {train_metrics['total']:.4f} acc {train_metrics['accuracy']:.3f}"
