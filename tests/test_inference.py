@@ -164,7 +164,6 @@ def test_export_refuses_a_wrong_suffix(trained, tmp_path, capsys):
     assert "writes a .onnx file" in capsys.readouterr().err
 
 
-@pytest.mark.slow
 def test_predict_returns_the_generated_class_of_video_files(tmp_path):
     """Right vs left motion, trained here; test clips of the generated benchmark written as video files."""
     from fractions import Fraction
@@ -201,3 +200,17 @@ def test_predict_returns_the_generated_class_of_video_files(tmp_path):
         predicted = predict_video(model, path, clips=1, k=1)["top_k"][0]["label"]
         correct.append(predicted == cache.classes[record["label"]])
     assert np.mean(correct) >= 0.8, correct
+
+
+def test_bad_sources_are_one_clear_line(trained, tmp_path, capsys):
+    _, _, checkpoint = trained
+    # a camera that does not open (no camera 7 here), a missing file, a folder without videos
+    for argv, message in (
+        (["stream", "--checkpoint", str(checkpoint), "--source", "7"], "cannot open video source '7'"),
+        (["predict", str(tmp_path / "none.mp4"), "--checkpoint", str(checkpoint)], "does not exist"),
+        (["predict", str(tmp_path), "--checkpoint", str(checkpoint)], "holds no video file"),
+        (["stream", "--checkpoint", str(tmp_path / "none.pt"), "--source", "0"], "does not exist"),
+    ):
+        assert main(argv) == 2, argv
+        error = capsys.readouterr().err.strip()
+        assert len(error.splitlines()) == 1 and message in error, (argv, error)

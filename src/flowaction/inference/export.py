@@ -15,6 +15,7 @@ Each file carries the config, classes and stored frame size as metadata, so
 from __future__ import annotations
 
 import json
+import logging
 import warnings
 from pathlib import Path
 from typing import Callable
@@ -133,6 +134,8 @@ def _export_onnx(module: torch.nn.Module, example: dict[str, torch.Tensor], path
         import onnx
     except ImportError as error:
         raise ValueError("ONNX export needs onnx, onnxscript and onnxruntime: pip install 'flowaction[export]'") from error
+    # the exporter logs a warning per torchvision operator it cannot register: we use none
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(module, (), None, kwargs=example, input_names=list(example),
