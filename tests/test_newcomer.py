@@ -207,3 +207,12 @@ def test_presets_load_and_train_a_step(preset, folder_cache64, tmp_path):
                                "optim.epochs=1", "data.num_workers=0", "data.test_clips=1"])
     summary = fit(small, ClipCache.open(folder_cache64), tmp_path / "run", progress=False, log=lambda *_: None)
     assert summary["steps"] == 1 and (tmp_path / "run" / "best.pt").is_file()
+
+
+def test_auto_resume_starts_a_run_then_continues_it(tmp_path, data_dir, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--out", str(out), "--auto-resume", *TINY, f"data.synthetic_dir={data_dir}"]) == 0
+    capsys.readouterr()
+    assert main(["train", "--out", str(out), "--auto-resume", "optim.epochs=2"]) == 0
+    assert "resumed from" in capsys.readouterr().out
+    assert len((out / "metrics.csv").read_text().splitlines()) == 1 + 4

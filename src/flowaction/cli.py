@@ -60,10 +60,18 @@ def _progress(args: argparse.Namespace) -> bool:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    import os
+
+    from flowaction import distributed
     from flowaction.config import load_config
     from flowaction.run import claim_run_dir, open_data, resume_config
     from flowaction.train import fit
 
+    # under torchrun every process runs this; rank 0 alone claims the folder, generates data and prints
+    main_rank = int(os.environ.get("RANK", "0")) == 0
+    say = print if main_rank else (lambda *_: None)
+    if args.auto_resume:  # torchrun --max-restarts, job schedulers: the same command starts or continues
+        args.resume = (Path(args.out) / "last.pt").is_file()
     overrides = list(args.overrides)
     if args.data:
         overrides.append(f"data.cache={args.data}")
@@ -71,13 +79,22 @@ def _cmd_train(args: argparse.Namespace) -> int:
         if args.config is not None:
             raise ValueError("--resume takes the run's own config.yaml: give changes as KEY=VALUE, not --config")
         claim_run_dir(args.out, args.resume, args.overwrite, args.delete_old)
-        cfg = resume_config(args.out, overrides)
+        cfg = resume_config(args.out, overrides, log=say)
     else:  # a bad config is reported before the folder is looked at
         cfg = load_config(args.config, overrides)
-        claim_run_dir(args.out, args.resume, args.overwrite, args.delete_old)
-    cache = open_data(cfg, args.out, progress=_progress(args))
-    summary = fit(cfg, cache, args.out, resume=args.resume, progress=_progress(args))
-    print(json.dumps(summary, indent=1))
+        if main_rank:
+            claim_run_dir(args.out, args.resume, args.overwrite, args.delete_old)
+    context, _ = distributed.setup(cfg.device)
+    try:
+        if context.main:
+            cache = open_data(cfg, args.out, progress=_progress(args))
+        distributed.barrier(context)  # the others open what rank 0 generated
+        if not context.main:
+            cache = open_data(cfg, args.out, progress=False)
+        summary = fit(cfg, cache, args.out, resume=args.resume, progress=_progress(args), log=say)
+    finally:
+        distributed.cleanup(context)
+    say(json.dumps(summary, indent=1))
     return 0
 
 
@@ -313,6 +330,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", type=Path, required=True, help="run directory")
     train.add_argument("--data", type=Path, default=None, help="prepared cache (else: generated benchmark)")
     _add_run_dir(train, "run")
+    train.add_argument("--auto-resume", action="store_true",
+                       help="continue OUT's run if it has a last.pt, else start one (for torchrun --max-restarts)")
     _add_overrides(train)
     train.set_defaults(func=_cmd_train)
 

@@ -108,6 +108,9 @@ class OptimConfig:
     flow_warmup_epochs: float = 0.0  # > 0: the first epochs train on the flow losses only, then eq. 3
     flow_lr_scale: float = 1.0  # learning rate of the flow network relative to optim.lr
     checkpoint_every: int = 1  # write last.pt every N epochs (and after the last one)
+    checkpoint_steps: int = 0  # > 0: also write last.pt every N optimiser steps (resume mid-epoch)
+    accumulate: int = 1  # batches whose gradients make one optimiser step (effective batch x N)
+    nonfinite: str = "stop"  # a NaN / inf loss: stop (keeping the last good checkpoint) or skip the step
 
 
 @dataclass
@@ -132,10 +135,11 @@ _CHOICES = {
     "loss.data_term": ("charbonnier", "census", "ssim"),
     "model.classical_on": ("input", "clean"),
     "model.flow_output_init": ("zero", "random"),
+    "optim.nonfinite": ("stop", "skip"),
 }
 _POSITIVE = {
     "data.num_frames", "data.frame_step", "data.crop", "data.test_clips", "model.flow_width",
-    "model.triplet_stride", "optim.epochs", "optim.checkpoint_every", "optim.batch_size", "optim.lr",
+    "model.triplet_stride", "optim.epochs", "optim.checkpoint_every", "optim.accumulate", "optim.batch_size", "optim.lr",
     "data.synthetic.num_classes", "data.synthetic.size", "data.synthetic.num_frames",
     "data.synthetic.train_per_class", "data.synthetic.val_per_class", "data.synthetic.test_per_class",
 }
@@ -237,6 +241,11 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"data.crop {cfg.data.crop} exceeds data.synthetic.size {cfg.data.synthetic.size}")
     if cfg.model.flow_init != "none" and cfg.model.input not in LEARNED_INPUTS:
         raise ConfigError(f"model.flow_init={cfg.model.flow_init!r} needs a model with a flow network "
+                          f"(model.input learned or learned+frames, not {cfg.model.input!r})")
+    if cfg.optim.checkpoint_steps < 0:
+        raise ConfigError("optim.checkpoint_steps must be >= 0 (0: per epoch only)")
+    if cfg.optim.flow_pretrain_epochs > 0 and cfg.model.input not in LEARNED_INPUTS:
+        raise ConfigError(f"optim.flow_pretrain_epochs needs a model with a flow network "
                           f"(model.input learned or learned+frames, not {cfg.model.input!r})")
     if cfg.optim.steps < 0:
         raise ConfigError("optim.steps must be >= 0 (0: optim.epochs decides)")

@@ -28,6 +28,7 @@ from flowaction.checkpoint import load_checkpoint, restore_rng, rng_state, save_
 from flowaction.config import Config, save_config, to_dict
 from flowaction.data.cache import ClipCache
 from flowaction.data.clips import ClipDataset, ClipSpec, JitterSpec, add_input_noise
+from flowaction.data.sampler import EpochSampler
 from flowaction.evaluate import FlowErrors, describe_flow_errors, score_flows
 from flowaction.losses import flow_loss_terms
 from flowaction.models.flownet import FlowNet
@@ -78,9 +79,9 @@ def _loader(cfg: Config, cache: ClipCache, split: str, mode: str, batch: int, se
     frames = 3 if mode == "train" else cfg.data.num_frames  # a training item is one triplet
     spec = ClipSpec(frames, cfg.data.frame_step, cfg.data.crop, 1)
     dataset = ClipDataset(cache, split, mode, spec, jitter, seed=seed)
-    generator = torch.Generator().manual_seed(seed)
-    return DataLoader(dataset, batch_size=batch, shuffle=mode == "train", drop_last=mode == "train",
-                      num_workers=cfg.data.num_workers, generator=generator)
+    sampler = EpochSampler(len(dataset), True, seed, batch_size=batch) if mode == "train" else None
+    return DataLoader(dataset, batch_size=batch, sampler=sampler, drop_last=mode == "train",
+                      num_workers=cfg.data.num_workers, persistent_workers=cfg.data.num_workers > 0)
 
 
 @torch.no_grad()

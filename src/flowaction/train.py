@@ -1,6 +1,7 @@
 """Training: ``train_one_epoch``, ``fit`` and ``main(cfg, out)``; one joint loss, one optimiser."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import time
@@ -15,6 +16,7 @@ from flowaction.checkpoint import load_checkpoint, restore_rng, rng_state, save_
 from flowaction.config import Config, save_config, to_dict
 from flowaction.data.cache import ClipCache
 from flowaction.data.clips import ClipDataset, ClipSpec, JitterSpec
+from flowaction.data.sampler import EpochSampler
 from flowaction.evaluate import FlowErrors, describe_flow_errors, flow_summary, run_evaluation, score_flows, video_scores
 from flowaction.forward import forward_batch
 from flowaction.losses import LossWeights
@@ -95,8 +97,13 @@ def check_training_data(cache: ClipCache, train_videos: list[int], split: str) -
                          "needs training videos (add some, or prepare without that class folder)")
 
 
-def make_loader(cfg: Config, cache: ClipCache, split: str, mode: str, shuffle: bool = False) -> DataLoader:
-    """A loader over one split; ``mode`` is train / val / test (see ``data.clips``)."""
+def make_loader(
+    cfg: Config, cache: ClipCache, split: str, mode: str, shuffle: bool = False, rank: int = 0, world: int = 1
+) -> DataLoader:
+    """A loader over one split; ``mode`` is train / val / test (see ``data.clips``).
+
+    With ``shuffle`` the items come from an :class:`EpochSampler` (shuffled per epoch, this
+    process's share of ``world``; see :func:`begin_epoch`)."""
     a = cfg.augment
     jitter = JitterSpec(a.brightness, a.contrast, a.gamma, a.hflip)
     precomputed = cfg.model.input in ("dis", "farneback") and cfg.model.classical_on == "clean"
@@ -109,16 +116,20 @@ def make_loader(cfg: Config, cache: ClipCache, split: str, mode: str, shuffle: b
     if mode == "train" and cfg.data.max_train_per_class > 0:
         videos = subset_per_class(cache, split, cfg.data.max_train_per_class)
     dataset = ClipDataset(cache, split, mode, clip_spec(cfg), jitter, seed=cfg.seed, videos=videos, classical=classical)
-    generator = torch.Generator().manual_seed(cfg.seed)
+    sampler = EpochSampler(len(dataset), True, cfg.seed, rank, world, cfg.optim.batch_size) if shuffle else None
+    share = len(sampler) if sampler is not None else len(dataset)
     return DataLoader(
         dataset,
         batch_size=cfg.optim.batch_size,
-        shuffle=shuffle,
+        sampler=sampler,
         num_workers=cfg.data.num_workers,
         # a last training batch of one clip cannot go through batch norm in training mode: drop it
-        drop_last=mode == "train" and len(dataset) % cfg.optim.batch_size == 1 and len(dataset) > 1,
-        generator=generator,
+        drop_last=mode == "train" and share % cfg.optim.batch_size == 1 and share > 1,
         persistent_workers=cfg.data.num_workers > 0,
+        pin_memory=torch.cuda.is_available(),
+        # its own generator: starting an epoch's iterator must not draw from the global random
+        # stream (the input noise), or a run resumed mid-epoch would draw differently
+        generator=torch.Generator().manual_seed(cfg.seed),
     )
 
 
@@ -135,6 +146,11 @@ def build_optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Adam:
     return torch.optim.Adam(groups, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
 
 
+def steps_per_epoch(cfg: Config, batches: int) -> int:
+    """Optimiser steps of an epoch of ``batches`` loader batches (``optim.accumulate`` per step)."""
+    return math.ceil(batches / cfg.optim.accumulate)
+
+
 def training_length(cfg: Config, steps_per_epoch: int) -> tuple[int, int]:
     """``(optimiser steps, epochs)`` of a run: ``optim.steps`` when set (the last epoch is cut
     short), else ``optim.epochs`` full epochs."""
@@ -143,11 +159,15 @@ def training_length(cfg: Config, steps_per_epoch: int) -> tuple[int, int]:
     return cfg.optim.epochs * steps_per_epoch, cfg.optim.epochs
 
 
-def begin_epoch(loader: DataLoader, seed: int, epoch: int) -> None:
+def begin_epoch(loader: DataLoader, seed: int, epoch: int, skip_batches: int = 0) -> None:
     """Make a training loader's draws (augmentation and shuffle order) a function of the epoch,
-    so every epoch differs and a resumed run draws what an uninterrupted one would."""
+    so every epoch differs and a resumed run draws what an uninterrupted one would; skip the
+    ``skip_batches`` batches an interrupted run had already trained on."""
     loader.dataset.set_epoch(epoch)
-    loader.generator.manual_seed(seed * 1000 + epoch)
+    if isinstance(loader.sampler, EpochSampler):
+        loader.sampler.set_epoch(epoch, skip_batches)
+    elif skip_batches:
+        raise ValueError("only a loader with an EpochSampler can resume inside an epoch")
 
 
 def learning_rate(cfg: Config, step: int, total_steps: int, steps_per_epoch: int) -> float:
@@ -162,6 +182,37 @@ def learning_rate(cfg: Config, step: int, total_steps: int, steps_per_epoch: int
     return base * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
 
+class NonFiniteLoss(ValueError):
+    """A loss term became NaN or infinite (``optim.nonfinite=stop``)."""
+
+
+class _Step(torch.nn.Module):
+    """One batch through the model and the joint loss, as a module, so that
+    ``DistributedDataParallel`` sees the whole forward pass it synchronises."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: dict, device: torch.device, weights: LossWeights, noise_std: float, freeze_flow: bool,
+                flow_grad_scale: float):
+        return forward_batch(self.model, batch, device, weights, noise_std, freeze_flow, flow_grad_scale)
+
+
+@dataclasses.dataclass
+class EpochState:
+    """Running sums of an epoch, kept in step checkpoints so a resumed epoch reports all of it."""
+
+    sums: dict = dataclasses.field(default_factory=dict)
+    clips: int = 0
+    correct: int = 0
+    batches: int = 0  # loader batches consumed this epoch (this process's share)
+    skipped: int = 0  # optimiser steps skipped for a non-finite loss
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
 def train_one_epoch(
     model: torch.nn.Module,
     loader: DataLoader,
@@ -172,52 +223,102 @@ def train_one_epoch(
     step: int,
     total_steps: int,
     progress: bool = True,
+    *,
+    runner: torch.nn.Module | None = None,
+    state: EpochState | None = None,
+    context=None,
+    on_step=None,
 ) -> tuple[dict[str, float], int]:
-    """One pass over the training loader. Returns per-clip mean metrics and the new step."""
+    """One pass over the training loader. Returns per-clip mean metrics and the new step.
+
+    Args:
+        runner: the module that runs a batch (a ``DistributedDataParallel`` around ``_Step(model)``
+            in a distributed run); default ``_Step(model)``.
+        state: the sums of the part of this epoch trained before an interruption.
+        context: a :class:`flowaction.distributed.Context` (metrics are summed over ranks).
+        on_step: called as ``on_step(step, state)`` after every optimiser step (step checkpoints).
+
+    ``optim.accumulate = k`` sums the gradients of ``k`` batches (each loss divided by ``k``)
+    into one optimiser step. A NaN or infinite loss raises :class:`NonFiniteLoss` naming the step
+    and the terms (``optim.nonfinite=stop``), or skips that step (``skip``).
+    """
+    from flowaction import distributed
+
+    context = context or distributed.Context()
+    runner = runner or _Step(model)
     model.train()
     weights, freeze_flow = stage_weights(cfg, epoch)
     if freeze_flow:
         model.flow_net.requires_grad_(False)
-    sums: dict[str, float] = {}
-    clips = 0
-    correct = 0
-    flow_errors, batches = FlowErrors(), 0
+    state = state or EpochState()
+    accumulate = cfg.optim.accumulate
+    per_epoch = steps_per_epoch(cfg, state.batches + len(loader))
+    flow_errors = FlowErrors()
     bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=not progress, mininterval=1.0)
-    for batch in bar:
+    last = len(loader) - 1
+    micro = 0
+    optimizer.zero_grad(set_to_none=True)
+    for index, batch in enumerate(bar):
         if step >= total_steps:  # optim.steps ends training inside an epoch
             break
-        rate = learning_rate(cfg, step, total_steps, len(loader))
+        steps_now = micro + 1 == accumulate or index == last  # the last batch of a step (or of the epoch)
+        # DDP: gradients are all-reduced once per optimiser step, not for every accumulated batch
+        sync = runner.no_sync() if (not steps_now and hasattr(runner, "no_sync")) else contextlib.nullcontext()
+        with sync:
+            logits, flows, terms = runner(batch, device, weights, cfg.augment.noise_std, freeze_flow,
+                                          cfg.model.flow_grad_scale)
+            finite = distributed.all_true(context, bool(torch.isfinite(terms["total"])))
+            if finite:
+                (terms["total"] / accumulate).backward()
+        state.batches += 1
+        micro += 1
+        if not finite:
+            bad = [key for key, value in terms.items() if not bool(torch.isfinite(value))] or ["total (on another rank)"]
+            if cfg.optim.nonfinite == "stop":
+                raise NonFiniteLoss(f"step {step} (epoch {epoch}): loss term(s) {', '.join(bad)} became NaN or "
+                                    "infinite; training stopped, the last checkpoint written before it is kept "
+                                    "(optim.nonfinite=skip skips such steps instead)")
+            state.skipped += 1
+            optimizer.zero_grad(set_to_none=True)
+            micro = 0
+            continue
+        labels = batch["label"].to(device)
+        size = labels.shape[0]
+        state.clips += size
+        state.correct += int((logits.argmax(1) == labels).sum())
+        for key, value in terms.items():
+            state.sums[key] = state.sums.get(key, 0.0) + float(value.detach()) * size
+        # generated data: score the flow being learnt against ground truth, on every
+        # TRAIN_SCORE_EVERY-th batch (OpenCV's flow for the comparison costs a tenth of a step)
+        if "flow" in batch and flows is not None and (state.batches - 1) % TRAIN_SCORE_EVERY == 0:
+            flow_errors.merge(score_flows(flows, batch, cfg.model.triplet_stride))
+        if not steps_now:
+            continue
+        rate = learning_rate(cfg, step, total_steps, per_epoch)
         for group in optimizer.param_groups:
             group["lr"] = rate * group.get("lr_scale", 1.0)
-        logits, flows, terms = forward_batch(
-            model, batch, device, weights, cfg.augment.noise_std, freeze_flow, cfg.model.flow_grad_scale
-        )
-        labels = batch["label"].to(device)
-        optimizer.zero_grad(set_to_none=True)
-        terms["total"].backward()
         if cfg.optim.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
         optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        micro = 0
         step += 1
-        size = labels.shape[0]
-        clips += size
-        correct += int((logits.argmax(1) == labels).sum())
-        for key, value in terms.items():
-            sums[key] = sums.get(key, 0.0) + float(value.detach()) * size
-        # generated data: score the flow being learnt against ground truth, on every
-        # TRAIN_SCORE_EVERY-th batch (OpenCV's flow for the comparison costs a tenth of a step)
-        if "flow" in batch and flows is not None and batches % TRAIN_SCORE_EVERY == 0:
-            flow_errors.merge(score_flows(flows, batch, cfg.model.triplet_stride))
-        batches += 1
-        bar.set_postfix(loss=f"{sums['total'] / clips:.3f}", acc=f"{correct / clips:.2f}")
-    metrics = {key: value / clips for key, value in sums.items()}
-    metrics["accuracy"] = correct / clips
+        bar.set_postfix(loss=f"{state.sums['total'] / state.clips:.3f}", acc=f"{state.correct / state.clips:.2f}")
+        if on_step is not None:
+            on_step(step, state)
+    keys = sorted(state.sums)
+    totals = distributed.all_sum(context, [state.sums[k] for k in keys] + [state.clips, state.correct])
+    clips = max(totals[-2], 1)
+    metrics = {key: value / clips for key, value in zip(keys, totals[:-2])}
+    metrics["accuracy"] = totals[-1] / clips
     metrics["lr"] = optimizer.param_groups[0]["lr"]
+    if state.skipped:
+        metrics["skipped_steps"] = state.skipped
     metrics.update({k: v for k, v in flow_errors.result().items() if not k.endswith("_pixels")})
     return metrics, step
 
 
-def _checkpoint_state(cfg, classes, model, optimizer, epoch, step, best, frame_size=None) -> dict:
+def _checkpoint_state(cfg, classes, model, optimizer, epoch, step, best, frame_size=None, partial=None) -> dict:
     return {
         "config": to_dict(cfg),
         "classes": list(classes),
@@ -229,6 +330,8 @@ def _checkpoint_state(cfg, classes, model, optimizer, epoch, step, best, frame_s
         "step": step,
         "best": best,
         "rng": rng_state(),
+        # written inside an epoch: how far it got (batches of this process's share, running sums)
+        "partial": partial,
     }
 
 
@@ -242,23 +345,38 @@ def fit(
 ) -> dict:
     """Train on ``cache`` into ``out``; validate every epoch; keep ``last.pt`` and ``best.pt``.
 
+    Under ``torchrun`` every process trains its share of each epoch in ``DistributedDataParallel``
+    and only rank 0 validates, writes files and prints. ``last.pt`` is written every
+    ``optim.checkpoint_every`` epochs and, with ``optim.checkpoint_steps = N``, every N steps; a
+    resumed run continues from the exact batch it stopped at, with the optimiser, schedule and
+    random states restored.
+
     Returns a summary: the best validation metrics, epochs run and wall seconds.
     """
+    from flowaction import distributed
+
+    context, device = distributed.setup(cfg.device)
+    if not context.main:
+        log, progress = (lambda *_: None), False
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
+    distributed.same_everywhere(context, repr(to_dict(cfg)), "config")
+    distributed.same_everywhere(context, repr((cache.classes, [v["id"] for v in cache.videos])), "data")
+    if context.main:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "config.yaml")
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
-    device = resolve_device(cfg.device)
     classes = cache.classes
     model = build_model(cfg, len(classes)).to(device)
     optimizer = build_optimizer(cfg, model)
-    train_loader = make_loader(cfg, cache, cfg.data.train_split, "train", shuffle=True)
+    train_loader = make_loader(cfg, cache, cfg.data.train_split, "train", shuffle=True,
+                               rank=context.rank, world=context.world)
     check_training_data(cache, train_loader.dataset.videos, cfg.data.train_split)
     val_loader = make_loader(cfg, cache, cfg.data.val_split, "val")
     start_epoch, step, best = 0, 0, {"val_accuracy": -1.0, "epoch": -1}
+    partial = None
     last_path = out / "last.pt"
     if cfg.model.flow_init != "none" and not (resume and last_path.is_file()):
         from flowaction.pretrain import load_flow_weights
@@ -270,53 +388,81 @@ def fit(
         state = load_checkpoint(last_path, map_location=device)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        start_epoch, step, best = state["epoch"] + 1, state["step"], state["best"]
+        step, best, partial = state["step"], state["best"], state.get("partial")
+        start_epoch = state["epoch"] if partial else state["epoch"] + 1
         restore_rng(state["rng"])
-        log(f"resumed from {last_path} at epoch {start_epoch}")
-    logger = RunLogger(out)
-    total_steps, epochs = training_length(cfg, len(train_loader))
-    if start_epoch == 0:
+        where = f"epoch {start_epoch}, batch {partial['batches']}" if partial else f"epoch {start_epoch}"
+        log(f"resumed from {last_path} at {where} (step {step})")
+    if context.distributed:
+        # a different noise stream per process (the weights are rank 0's: DDP broadcasts them)
+        torch.manual_seed(cfg.seed + 1000 * context.rank + step)
+    runner = _Step(model)
+    if context.distributed:
+        runner = torch.nn.parallel.DistributedDataParallel(
+            runner, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=cfg.optim.flow_pretrain_epochs > 0 or cfg.model.input == "frames")
+    logger = RunLogger(out) if context.main else None
+    batches = len(train_loader)
+    total_steps, epochs = training_length(cfg, steps_per_epoch(cfg, batches))
+    if start_epoch == 0 and not partial:
         counts = ", ".join(f"{name} {len(cache.split(name))}" for name in cache.splits())
         parameters = sum(p.numel() for p in model.parameters())
         log(f"data: {len(classes)} classes, videos per split: {counts} ({cache.root})")
-        log(f"model: {cfg.model.input} input, 3D ResNet-{cfg.model.depth}, {parameters:,} parameters, on {device}")
-        log(f"training: {epochs} epochs x {len(train_loader)} steps = {total_steps} steps of {cfg.optim.batch_size} "
-            f"clips; outputs in {out}")
+        log(f"model: {cfg.model.input} input, 3D ResNet-{cfg.model.depth}, {parameters:,} parameters, on {device}"
+            + (f", {context.world} processes" if context.distributed else ""))
+        log(f"training: {epochs} epochs x {steps_per_epoch(cfg, batches)} steps = {total_steps} steps of "
+            f"{cfg.optim.batch_size} x {cfg.optim.accumulate} x {context.world} clips; outputs in {out}")
     started = time.time()
     weights = loss_weights(cfg)
     val_classical: dict = {}
+    frame_size = cache.index["frame_size"]
     for epoch in range(start_epoch, epochs):
-        begin_epoch(train_loader, cfg.seed, epoch)
-        train_metrics, step = train_one_epoch(model, train_loader, optimizer, cfg, device, epoch, step, total_steps, progress)
-        # the validation clips are the same every epoch (centre clips, no augmentation), so OpenCV's
-        # flow on them is scored once and its figures repeated
-        result = run_evaluation(model, val_loader, device, weights, progress, desc="val",
-                                classical=("dis",) if not val_classical else ())
-        val_classical = val_classical or {k: v for k, v in result.flow.items() if k.startswith("dis_")}
-        result.flow.update(val_classical)
-        val_metrics = {
-            **result.losses, "accuracy": result.clip_accuracy,
-            **{k: v for k, v in result.flow.items() if not k.endswith("_pixels")},
-        }
-        logger.log(epoch, "train", train_metrics)
-        logger.log(epoch, "val", val_metrics)
-        plot_curves(logger.csv_path, out / "curves.png")
-        if val_metrics["accuracy"] > best["val_accuracy"]:
-            best = {"val_accuracy": val_metrics["accuracy"], "epoch": epoch, "val_epe": result.flow_epe,
-                    "val_moving_epe": result.flow.get("moving_epe")}
-            # best.pt is for evaluation: without the optimiser state it is a third of the size
-            best_state = _checkpoint_state(cfg, classes, model, optimizer, epoch, step, best, cache.index["frame_size"])
-            best_state["optimizer"] = None
-            save_checkpoint(out / "best.pt", best_state)
-        if (epoch + 1) % cfg.optim.checkpoint_every == 0 or epoch + 1 == epochs:
-            save_checkpoint(last_path, _checkpoint_state(cfg, classes, model, optimizer, epoch, step, best, cache.index["frame_size"]))
-        epe = f" | {describe_flow_errors(result.flow)}" if result.flow else ""
-        log(
-            f"epoch {epoch:3d}  train loss {train_metrics['total']:.4f} acc {train_metrics['accuracy']:.3f}"
-            f" | val loss {val_metrics['total']:.4f} acc {val_metrics['accuracy']:.3f}{epe}"
-        )
-    logger.close()
-    return {"best": best, "epochs": epochs, "steps": step, "wall_seconds": time.time() - started}
+        resumed = EpochState(**partial) if partial and epoch == start_epoch else EpochState()
+        begin_epoch(train_loader, cfg.seed, epoch, resumed.batches)
+
+        def on_step(current: int, state: EpochState, epoch: int = epoch) -> None:
+            every = cfg.optim.checkpoint_steps
+            if every and current % every == 0 and current < total_steps and context.main:
+                save_checkpoint(last_path, _checkpoint_state(cfg, classes, model, optimizer, epoch, current, best,
+                                                             frame_size, state.to_dict()))
+
+        train_metrics, step = train_one_epoch(model, train_loader, optimizer, cfg, device, epoch, step, total_steps,
+                                              progress, runner=runner, state=resumed, context=context, on_step=on_step)
+        partial = None
+        if context.main:
+            # the validation clips are the same every epoch (centre clips, no augmentation), so OpenCV's
+            # flow on them is scored once and its figures repeated
+            result = run_evaluation(model, val_loader, device, weights, progress, desc="val",
+                                    classical=("dis",) if not val_classical else ())
+            val_classical = val_classical or {k: v for k, v in result.flow.items() if k.startswith("dis_")}
+            result.flow.update(val_classical)
+            val_metrics = {
+                **result.losses, "accuracy": result.clip_accuracy,
+                **{k: v for k, v in result.flow.items() if not k.endswith("_pixels")},
+            }
+            logger.log(epoch, "train", train_metrics)
+            logger.log(epoch, "val", val_metrics)
+            plot_curves(logger.csv_path, out / "curves.png")
+            if val_metrics["accuracy"] > best["val_accuracy"]:
+                best = {"val_accuracy": val_metrics["accuracy"], "epoch": epoch, "val_epe": result.flow_epe,
+                        "val_moving_epe": result.flow.get("moving_epe")}
+                # best.pt is for evaluation: without the optimiser state it is a third of the size
+                best_state = _checkpoint_state(cfg, classes, model, optimizer, epoch, step, best, frame_size)
+                best_state["optimizer"] = None
+                save_checkpoint(out / "best.pt", best_state)
+            if (epoch + 1) % cfg.optim.checkpoint_every == 0 or epoch + 1 == epochs:
+                save_checkpoint(last_path, _checkpoint_state(cfg, classes, model, optimizer, epoch, step, best,
+                                                             frame_size))
+            epe = f" | {describe_flow_errors(result.flow)}" if result.flow else ""
+            log(
+                f"epoch {epoch:3d}  train loss {train_metrics['total']:.4f} acc {train_metrics['accuracy']:.3f}"
+                f" | val loss {val_metrics['total']:.4f} acc {val_metrics['accuracy']:.3f}{epe}"
+            )
+        distributed.barrier(context)
+    if logger is not None:
+        logger.close()
+    return {"best": best, "epochs": epochs, "steps": step, "wall_seconds": time.time() - started,
+            "processes": context.world}
 
 
 def evaluate_checkpoint(

@@ -123,17 +123,19 @@ class ClipDataset(Dataset):
         self.classical = classical
 
     def set_epoch(self, epoch: int) -> None:
-        """Vary the random draws between epochs while staying reproducible."""
+        """The epoch of plain integer items (an :class:`EpochSampler` passes its own with each item)."""
         self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.videos) * self.per_video
 
-    def __getitem__(self, item: int) -> dict:
+    def __getitem__(self, item: int | tuple[int, int]) -> dict:
+        # (epoch, index) from EpochSampler: the draws follow the epoch even in persistent workers
+        epoch, item = item if isinstance(item, tuple) else (self.epoch, item)
         video = self.videos[item // self.per_video]
         record = self.cache.videos[video]
         length = record["length"]
-        rng = np.random.default_rng([self.seed, self.epoch, item]) if self.mode == "train" else None
+        rng = np.random.default_rng([self.seed, epoch, item]) if self.mode == "train" else None
         start = clip_starts(length, self.span, self.mode, self.per_video, rng)[item % self.per_video]
         indices = frame_indices(start, self.clip.num_frames, self.clip.frame_step, length)
         frames = self.cache.frames(video, indices)

@@ -1,0 +1,246 @@
+"""Scale: the epoch sampler, loader workers that see the epoch, gradient accumulation, exact resume
+inside an epoch, non-finite losses, and DDP with gloo on CPU processes (torchrun)."""
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import flowaction.train as train_module
+from flowaction.checkpoint import load_checkpoint
+from flowaction.config import from_dict
+from flowaction.data.sampler import EpochSampler
+from flowaction.run import open_data
+from flowaction.train import (
+    EpochState, NonFiniteLoss, begin_epoch, build_model, build_optimizer, fit, make_loader, train_one_epoch,
+)
+
+TINY = ["model.depth=10", "model.flow_width=8", "data.crop=32", "data.num_frames=7", "data.synthetic.num_frames=7",
+        "data.synthetic.size=36", "data.synthetic.num_classes=4", "data.synthetic.train_per_class=6",
+        "data.synthetic.val_per_class=1", "data.synthetic.test_per_class=1", "optim.batch_size=4", "threads=1"]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("scale") / "data"
+    open_data(from_dict({}, TINY + [f"data.synthetic_dir={path}"]), path.parent)
+    return path
+
+
+def _cfg(data_dir, *extra):
+    return from_dict({}, TINY + [f"data.synthetic_dir={data_dir}", *extra])
+
+
+def test_sampler_shares_cover_every_item_once_per_epoch_and_resume_skips_batches():
+    shares = [list(EpochSampler(10, True, seed=3, rank=r, world=2)) for r in (0, 1)]
+    items = [i for share in shares for _, i in share]
+    assert sorted(items) == list(range(10)) and len(shares[0]) == len(shares[1]) == 5
+    odd = [[i for _, i in EpochSampler(7, True, seed=3, rank=r, world=3)] for r in range(3)]
+    assert set(sum(odd, [])) == set(range(7)) and {len(o) for o in odd} == {3}  # padded to equal shares
+    sampler = EpochSampler(10, True, seed=3, batch_size=4)
+    first = list(sampler)
+    sampler.set_epoch(1)
+    second = list(sampler)
+    assert [i for _, i in first] != [i for _, i in second] and all(e == 1 for e, _ in second)
+    sampler.set_epoch(1, skip_batches=2)
+    assert list(sampler) == second[8:] and len(sampler) == 2
+
+
+def _epoch_crops(loader, seed, epoch):
+    begin_epoch(loader, seed, epoch)
+    return torch.cat([batch["frames"] for batch in loader])
+
+
+def test_persistent_workers_see_the_epoch(data_dir):
+    cfg = _cfg(data_dir, "data.num_workers=2")
+    cache = open_data(cfg, data_dir.parent)
+    loader = make_loader(cfg, cache, "train", "train", shuffle=True)
+    assert loader.persistent_workers
+    epoch0, epoch1 = _epoch_crops(loader, cfg.seed, 0), _epoch_crops(loader, cfg.seed, 1)
+    assert not torch.equal(epoch0, epoch1)  # the workers drew epoch 1's crops and jitter
+    again = make_loader(cfg, cache, "train", "train", shuffle=True)
+    assert torch.equal(_epoch_crops(again, cfg.seed, 0), epoch0)  # and reproducibly
+    assert torch.equal(_epoch_crops(again, cfg.seed, 1), epoch1)
+
+
+def test_accumulation_steps_once_per_k_batches_on_the_mean_gradient(data_dir, monkeypatch):
+    cfg = _cfg(data_dir, "optim.accumulate=3", "augment.noise_std=0", "optim.grad_clip=0")
+    cache = open_data(cfg, data_dir.parent)
+    torch.manual_seed(0)
+    model = build_model(cfg, len(cache.classes))
+    loader = make_loader(cfg, cache, "train", "train", shuffle=True)  # 24 clips: 6 batches of 4 -> 2 steps
+    begin_epoch(loader, cfg.seed, 0)
+    batches = list(loader)
+    # the expected gradient of the first step: the mean of the first 3 batches' gradients
+    reference = build_model(cfg, len(cache.classes))
+    reference.load_state_dict(model.state_dict())
+    reference.train()
+    grads = None
+    from flowaction.forward import forward_batch
+    from flowaction.train import loss_weights
+
+    for batch in batches[:3]:
+        reference.zero_grad()
+        _, _, terms = forward_batch(reference, batch, torch.device("cpu"), loss_weights(cfg), 0.0, False,
+                                    cfg.model.flow_grad_scale)
+        terms["total"].backward()
+        current = [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in reference.parameters()]
+        grads = current if grads is None else [a + b for a, b in zip(grads, current)]
+    expected = [g / 3 for g in grads]
+    optimizer = build_optimizer(cfg, model)
+    seen = []
+    real_step = optimizer.step
+
+    def spy(*args, **kwargs):
+        seen.append([p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in model.parameters()])
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(optimizer, "step", spy)
+    begin_epoch(loader, cfg.seed, 0)
+    _, step = train_one_epoch(model, loader, optimizer, cfg, torch.device("cpu"), 0, 0, 100, progress=False)
+    assert step == 2 and len(seen) == 2
+    for got, want in zip(seen[0], expected):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_resume_inside_an_epoch_ends_with_the_weights_of_an_uninterrupted_run(data_dir, tmp_path, monkeypatch):
+    torch.use_deterministic_algorithms(True)
+    try:
+        cfg = _cfg(data_dir, "optim.epochs=2", "optim.checkpoint_steps=1", "augment.noise_std=0.05")
+        cache = open_data(cfg, data_dir.parent)
+        fit(cfg, cache, tmp_path / "whole", progress=False, log=lambda *_: None)
+        # the same run "killed" right after step 4's checkpoint (inside epoch 0: 6 steps an epoch)
+        real_save = train_module.save_checkpoint
+
+        def save_then_die(path, state):
+            real_save(path, state)
+            if state.get("partial") and state["step"] == 4:
+                raise _Killed
+
+        monkeypatch.setattr(train_module, "save_checkpoint", save_then_die)
+        with pytest.raises(_Killed):
+            fit(cfg, cache, tmp_path / "killed", progress=False, log=lambda *_: None)
+        monkeypatch.setattr(train_module, "save_checkpoint", real_save)
+        state = load_checkpoint(tmp_path / "killed" / "last.pt")
+        assert state["epoch"] == 0 and state["partial"]["batches"] == 4
+        fit(cfg, cache, tmp_path / "killed", resume=True, progress=False, log=lambda *_: None)
+    finally:
+        torch.use_deterministic_algorithms(False)
+    whole, resumed = (load_checkpoint(tmp_path / name / "last.pt") for name in ("whole", "killed"))
+    assert whole["step"] == resumed["step"] == 12
+    for key, value in whole["model"].items():
+        assert torch.equal(value, resumed["model"][key]), key  # bitwise
+    rows = (tmp_path / "killed" / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 1 + 4  # each epoch logged once: the interrupted epoch was finished, not restarted
+
+
+def test_a_nan_loss_stops_with_the_step_and_term_or_is_skipped(data_dir, tmp_path, monkeypatch):
+    cfg = _cfg(data_dir, "optim.epochs=1")
+    cache = open_data(cfg, data_dir.parent)
+    import flowaction.forward as forward_module
+
+    real = forward_module.forward_batch
+    calls = {"n": 0}
+
+    def poisoned(*args, **kwargs):
+        logits, flows, terms = real(*args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 3:
+            terms["photometric"] = terms["photometric"] * float("nan")
+            terms["total"] = terms["total"] + terms["photometric"]
+        return logits, flows, terms
+
+    monkeypatch.setattr(train_module, "forward_batch", poisoned)
+    with pytest.raises(NonFiniteLoss, match=r"step 2 \(epoch 0\): loss term\(s\) photometric, total"):
+        fit(cfg, cache, tmp_path / "stop", progress=False, log=lambda *_: None)
+    calls["n"] = 0
+    summary = fit(from_dict({}, TINY + [f"data.synthetic_dir={data_dir}", "optim.epochs=1", "optim.nonfinite=skip"]),
+                  cache, tmp_path / "skip", progress=False, log=lambda *_: None)
+    assert summary["steps"] == 5  # 6 batches, one step skipped
+    state = load_checkpoint(tmp_path / "skip" / "last.pt")
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+    header, train_row = (tmp_path / "skip" / "metrics.csv").read_text().splitlines()[:2]
+    assert float(dict(zip(header.split(","), train_row.split(",")))["skipped_steps"]) == 1
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _torchrun(args: list[str], out: Path, data_dir: Path, extra_env=None, timeout=240) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(extra_env or {})}
+    command = [sys.executable, "-m", "torch.distributed.run", *args, "-m", "flowaction", "train", "--out", str(out),
+               "--no-progress", *TINY, f"data.synthetic_dir={data_dir}", "optim.epochs=2"]
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout)
+
+
+def test_torchrun_two_processes_share_each_epoch_and_rank_zero_writes(data_dir, tmp_path):
+    done = _torchrun(["--standalone", "--nproc-per-node", "2"], tmp_path / "ddp", data_dir)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("epoch   1  train loss") == 1  # printed once, by rank 0
+    state = load_checkpoint(tmp_path / "ddp" / "last.pt")
+    # 24 training clips, 12 per process, batches of 4: 3 steps an epoch, 2 epochs
+    assert state["step"] == 6
+    rows = (tmp_path / "ddp" / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 1 + 4
+
+
+def test_two_nodes_on_localhost_through_the_rendezvous_endpoint(data_dir, tmp_path):
+    port = _free_port()
+    common = ["--nnodes", "2", "--nproc-per-node", "1", "--rdzv-backend", "c10d",
+              "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "flowaction-test"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    nodes = []
+    for node in (0, 1):
+        command = [sys.executable, "-m", "torch.distributed.run", *common, "--node-rank", str(node), "-m",
+                   "flowaction", "train", "--out", str(tmp_path / "nodes"), "--no-progress", *TINY,
+                   f"data.synthetic_dir={data_dir}", "optim.epochs=1"]
+        nodes.append(subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
+    outputs = [node.communicate(timeout=240) for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], outputs[0][1][-2000:] + outputs[1][1][-2000:]
+    assert load_checkpoint(tmp_path / "nodes" / "last.pt")["step"] == 3
+    assert sum("2 processes" in out for out, _ in outputs) == 1
+
+
+def test_kill_9_mid_epoch_then_resume_equals_an_uninterrupted_run(data_dir, tmp_path):
+    import signal
+    import time
+
+    args = ["--no-progress", *TINY, f"data.synthetic_dir={data_dir}", "optim.epochs=2", "optim.checkpoint_steps=1",
+            "data.synthetic.train_per_class=12"]  # 12 steps an epoch: time to kill inside one
+    base = [sys.executable, "-m", "flowaction", "train"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run(base + ["--out", str(tmp_path / "whole"), *args], check=True, capture_output=True, env=env,
+                   timeout=300)
+    victim = subprocess.Popen(base + ["--out", str(tmp_path / "killed"), *args], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, env=env)
+    last = tmp_path / "killed" / "last.pt"
+    deadline = time.time() + 240
+    while time.time() < deadline and victim.poll() is None:
+        if last.is_file():
+            try:
+                if load_checkpoint(last)["step"] >= 5:
+                    break
+            except ValueError:
+                pass  # never a half-written file (atomic rename), but be safe while polling
+        time.sleep(0.05)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    killed_at = load_checkpoint(last)
+    assert killed_at["partial"] is not None and killed_at["epoch"] == 0  # killed inside the first epoch
+    subprocess.run(base + ["--out", str(tmp_path / "killed"), "--resume"], check=True, capture_output=True, env=env,
+                   timeout=300)
+    whole, resumed = (load_checkpoint(tmp_path / name / "last.pt") for name in ("whole", "killed"))
+    assert whole["step"] == resumed["step"] == 24
+    for key, value in whole["model"].items():
+        assert torch.equal(value, resumed["model"][key]), key
