@@ -244,3 +244,25 @@ def test_kill_9_mid_epoch_then_resume_equals_an_uninterrupted_run(data_dir, tmp_
     assert whole["step"] == resumed["step"] == 24
     for key, value in whole["model"].items():
         assert torch.equal(value, resumed["model"][key]), key
+
+
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_mixed_precision_keeps_the_flow_losses_in_float32(data_dir, tmp_path, amp):
+    from flowaction.forward import forward_batch
+    from flowaction.train import loss_weights
+
+    cfg = _cfg(data_dir, f"optim.amp={amp}", "optim.epochs=1", "augment.noise_std=0")
+    cache = open_data(cfg, data_dir.parent)
+    torch.manual_seed(0)
+    model = build_model(cfg, len(cache.classes)).train()
+    batch = next(iter(make_loader(cfg, cache, "train", "train", shuffle=True)))
+    full = forward_batch(model, batch, torch.device("cpu"), loss_weights(cfg), 0.0, False, 0.1, "off")
+    mixed = forward_batch(model, batch, torch.device("cpu"), loss_weights(cfg), 0.0, False, 0.1, amp)
+    assert mixed[1].dtype == torch.float32 and all(t.dtype == torch.float32 for t in mixed[2].values())
+    # the flow network's output in reduced precision, the losses on it in float32: close to fp32
+    for term in ("photometric", "smoothness"):
+        assert float(mixed[2][term]) == pytest.approx(float(full[2][term]), rel=0.05), term
+    if amp == "fp16":  # training with the gradient scaler, whose state is checkpointed for resume
+        summary = fit(cfg, cache, tmp_path / amp, progress=False, log=lambda *_: None)
+        assert summary["steps"] == 6
+        assert load_checkpoint(tmp_path / amp / "last.pt")["scaler"]["scale"] > 0

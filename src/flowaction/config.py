@@ -111,6 +111,7 @@ class OptimConfig:
     checkpoint_steps: int = 0  # > 0: also write last.pt every N optimiser steps (resume mid-epoch)
     accumulate: int = 1  # batches whose gradients make one optimiser step (effective batch x N)
     nonfinite: str = "stop"  # a NaN / inf loss: stop (keeping the last good checkpoint) or skip the step
+    amp: str = "off"  # mixed precision of the networks: off, bf16 or fp16 (GradScaler); losses stay fp32
 
 
 @dataclass
@@ -136,6 +137,7 @@ _CHOICES = {
     "model.classical_on": ("input", "clean"),
     "model.flow_output_init": ("zero", "random"),
     "optim.nonfinite": ("stop", "skip"),
+    "optim.amp": ("off", "bf16", "fp16"),
 }
 _POSITIVE = {
     "data.num_frames", "data.frame_step", "data.crop", "data.test_clips", "model.flow_width",

@@ -4,6 +4,8 @@ Shared by training and evaluation so both see the same inputs for every model ki
 """
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import torch
 
@@ -81,8 +83,12 @@ def forward_batch(
     noise_std: float = 0.0,
     freeze_flow: bool = False,
     flow_grad_scale: float = 1.0,
+    amp: str = "off",
 ) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, torch.Tensor]]:
     """Run ``model`` on a loader batch and compute the joint loss.
+
+    With ``amp`` ``"bf16"`` / ``"fp16"`` the networks run under autocast; their outputs are cast
+    back to float32, so the warp and every loss term are computed in full precision.
 
     Args:
         noise_std: Gaussian input noise (training only); the losses see the clean frames.
@@ -96,8 +102,12 @@ def forward_batch(
     """
     frames = batch["frames"].to(device, non_blocking=True)
     labels = batch["label"].to(device, non_blocking=True)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
+    autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype else contextlib.nullcontext
     if isinstance(model, FrameModel):
-        logits, _ = model(add_input_noise(frames, noise_std))
+        with autocast():
+            logits, _ = model(add_input_noise(frames, noise_std))
+        logits = logits.float()
         return logits, None, joint_loss(logits, labels, None, frames, 1, weights)
     if isinstance(model, PrecomputedFlowModel):
         count = num_triplets(frames.shape[2], model.triplet_stride)
@@ -106,19 +116,27 @@ def forward_batch(
         else:  # on the very input a learned flow network would see: jitter, crop and noise
             noisy = add_input_noise(frames, noise_std).clamp(0.0, 1.0)
             flows = classical_stack(noisy, count, model.triplet_stride, model.method)
-        logits, _ = model(flows)
+        with autocast():
+            logits, _ = model(flows)
+        logits = logits.float()
         return logits, flows, joint_loss(logits, labels, None, frames, 1, weights)
     if not isinstance(model, JointModel):
         raise TypeError(f"unsupported model {type(model).__name__}")
     noisy = add_input_noise(frames, noise_std)
     pyramid = backward = None
-    with torch.set_grad_enabled(torch.is_grad_enabled() and not freeze_flow):
+    with torch.set_grad_enabled(torch.is_grad_enabled() and not freeze_flow), autocast():
         if weights.multiscale:
             flows, pyramid = model.flows(noisy, return_pyramid=True)
         else:
             flows = model.flows(noisy)
         if weights.occlusion:
             backward = model.backward_flows(noisy)
-    logits = model.classify(scale_gradient(flows, flow_grad_scale), noisy)
+    # the warp and the flow losses in float32: sub-pixel flow needs the precision
+    flows = flows.float()
+    pyramid = [level.float() for level in pyramid] if pyramid is not None else None
+    backward = backward.float() if backward is not None else None
+    with autocast():
+        logits = model.classify(scale_gradient(flows, flow_grad_scale), noisy)
+    logits = logits.float()
     terms = joint_loss(logits, labels, flows, frames, model.triplet_stride, weights, pyramid, backward)
     return logits, flows, terms

@@ -182,6 +182,11 @@ def learning_rate(cfg: Config, step: int, total_steps: int, steps_per_epoch: int
     return base * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
 
+def make_scaler(cfg: Config, device: torch.device) -> torch.amp.GradScaler:
+    """fp16 loses small gradients without loss scaling; bf16 and fp32 need none (disabled scaler)."""
+    return torch.amp.GradScaler(device.type, enabled=cfg.optim.amp == "fp16")
+
+
 class NonFiniteLoss(ValueError):
     """A loss term became NaN or infinite (``optim.nonfinite=stop``)."""
 
@@ -195,8 +200,8 @@ class _Step(torch.nn.Module):
         self.model = model
 
     def forward(self, batch: dict, device: torch.device, weights: LossWeights, noise_std: float, freeze_flow: bool,
-                flow_grad_scale: float):
-        return forward_batch(self.model, batch, device, weights, noise_std, freeze_flow, flow_grad_scale)
+                flow_grad_scale: float, amp: str = "off"):
+        return forward_batch(self.model, batch, device, weights, noise_std, freeze_flow, flow_grad_scale, amp)
 
 
 @dataclasses.dataclass
@@ -228,6 +233,7 @@ def train_one_epoch(
     state: EpochState | None = None,
     context=None,
     on_step=None,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> tuple[dict[str, float], int]:
     """One pass over the training loader. Returns per-clip mean metrics and the new step.
 
@@ -237,6 +243,7 @@ def train_one_epoch(
         state: the sums of the part of this epoch trained before an interruption.
         context: a :class:`flowaction.distributed.Context` (metrics are summed over ranks).
         on_step: called as ``on_step(step, state)`` after every optimiser step (step checkpoints).
+        scaler: the gradient scaler of ``optim.amp=fp16`` (a disabled one otherwise).
 
     ``optim.accumulate = k`` sums the gradients of ``k`` batches (each loss divided by ``k``)
     into one optimiser step. A NaN or infinite loss raises :class:`NonFiniteLoss` naming the step
@@ -246,6 +253,7 @@ def train_one_epoch(
 
     context = context or distributed.Context()
     runner = runner or _Step(model)
+    scaler = scaler or make_scaler(cfg, device)
     model.train()
     weights, freeze_flow = stage_weights(cfg, epoch)
     if freeze_flow:
@@ -266,10 +274,10 @@ def train_one_epoch(
         sync = runner.no_sync() if (not steps_now and hasattr(runner, "no_sync")) else contextlib.nullcontext()
         with sync:
             logits, flows, terms = runner(batch, device, weights, cfg.augment.noise_std, freeze_flow,
-                                          cfg.model.flow_grad_scale)
+                                          cfg.model.flow_grad_scale, cfg.optim.amp)
             finite = distributed.all_true(context, bool(torch.isfinite(terms["total"])))
             if finite:
-                (terms["total"] / accumulate).backward()
+                scaler.scale(terms["total"] / accumulate).backward()
         state.batches += 1
         micro += 1
         if not finite:
@@ -297,9 +305,11 @@ def train_one_epoch(
         rate = learning_rate(cfg, step, total_steps, per_epoch)
         for group in optimizer.param_groups:
             group["lr"] = rate * group.get("lr_scale", 1.0)
+        scaler.unscale_(optimizer)  # fp16: true gradients for the clipping
         if cfg.optim.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-        optimizer.step()
+        scaler.step(optimizer)
+        scaler.update()
         optimizer.zero_grad(set_to_none=True)
         micro = 0
         step += 1
@@ -318,8 +328,10 @@ def train_one_epoch(
     return metrics, step
 
 
-def _checkpoint_state(cfg, classes, model, optimizer, epoch, step, best, frame_size=None, partial=None) -> dict:
+def _checkpoint_state(cfg, classes, model, optimizer, epoch, step, best, frame_size=None, partial=None,
+                      scaler=None) -> dict:
     return {
+        "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
         "config": to_dict(cfg),
         "classes": list(classes),
         # the stored frame size of the training data: inference on a video file resizes to it
@@ -384,10 +396,13 @@ def fit(
         meta = load_flow_weights(model.flow_net, cfg.model.flow_init)
         log(f"flow network initialised from {cfg.model.flow_init}"
             + (f" ({meta['steps']} pre-training steps)" if "steps" in meta else ""))
+    scaler = make_scaler(cfg, device)
     if resume and last_path.is_file():
         state = load_checkpoint(last_path, map_location=device)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+        if state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
         step, best, partial = state["step"], state["best"], state.get("partial")
         start_epoch = state["epoch"] if partial else state["epoch"] + 1
         restore_rng(state["rng"])
@@ -424,10 +439,11 @@ def fit(
             every = cfg.optim.checkpoint_steps
             if every and current % every == 0 and current < total_steps and context.main:
                 save_checkpoint(last_path, _checkpoint_state(cfg, classes, model, optimizer, epoch, current, best,
-                                                             frame_size, state.to_dict()))
+                                                             frame_size, state.to_dict(), scaler))
 
         train_metrics, step = train_one_epoch(model, train_loader, optimizer, cfg, device, epoch, step, total_steps,
-                                              progress, runner=runner, state=resumed, context=context, on_step=on_step)
+                                              progress, runner=runner, state=resumed, context=context, on_step=on_step,
+                                              scaler=scaler)
         partial = None
         if context.main:
             # the validation clips are the same every epoch (centre clips, no augmentation), so OpenCV's
@@ -452,7 +468,7 @@ def fit(
                 save_checkpoint(out / "best.pt", best_state)
             if (epoch + 1) % cfg.optim.checkpoint_every == 0 or epoch + 1 == epochs:
                 save_checkpoint(last_path, _checkpoint_state(cfg, classes, model, optimizer, epoch, step, best,
-                                                             frame_size))
+                                                             frame_size, scaler=scaler))
             epe = f" | {describe_flow_errors(result.flow)}" if result.flow else ""
             log(
                 f"epoch {epoch:3d}  train loss {train_metrics['total']:.4f} acc {train_metrics['accuracy']:.3f}"
