@@ -105,10 +105,14 @@ def test_folder_cache_with_a_test_split_and_eval_picks_the_split(folder_videos, 
     capsys.readouterr()
     # no --split: val for the cache without test, test for the one with it
     assert main(["eval", "--checkpoint", str(run / "best.pt"), "--data", str(plain), "--out", str(tmp_path / "e1")]) == 0
-    assert "scoring split 'val' (the cache has no test split)" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "scoring split 'val' (the cache has no test split)" in printed
+    # best.pt was chosen on val: scoring val again is optimistic, and the output says so
+    assert "selected on split 'val'" in printed and "mean class accuracy" in printed
     assert json.loads((tmp_path / "e1" / "eval.json").read_text())["split"] == "val"
     assert main(["eval", "--checkpoint", str(run / "best.pt"), "--data", str(carved), "--out", str(tmp_path / "e2")]) == 0
     assert json.loads((tmp_path / "e2" / "eval.json").read_text())["split"] == "test"
+    assert "selected on split" not in capsys.readouterr().out
     # 3 classes: top-5 would be 1 by construction, so it is not reported
     assert json.loads((tmp_path / "e2" / "eval.json").read_text())["top5_video_accuracy"] is None
 

@@ -35,6 +35,22 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read a checkpoint without executing pickled code; check its format."""
     path = Path(path)
+    state = read_torch_file(path, map_location)
+    if not isinstance(state, dict) or "format" not in state:
+        raise ValueError(f"{path} is a PyTorch file but not a flowaction checkpoint (no 'format' entry)")
+    if state["format"] != CHECKPOINT_FORMAT:
+        newer = isinstance(state["format"], int) and state["format"] > CHECKPOINT_FORMAT
+        raise ValueError(
+            f"{path} has checkpoint format {state['format']!r}; this version of flowaction reads format "
+            f"{CHECKPOINT_FORMAT}" + (" (the file was written by a newer flowaction: upgrade)" if newer else "")
+        )
+    return state
+
+
+def read_torch_file(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
+    """``torch.load(weights_only=True)`` with clear errors: a file carrying code is refused before
+    any of it runs; a truncated or foreign file is named as such."""
+    path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
     try:
@@ -56,14 +72,6 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
             f"{path} is not a readable checkpoint (truncated, corrupt or another format: "
             f"{type(error).__name__}: {_first_line(error)})"
         ) from None
-    if not isinstance(state, dict) or "format" not in state:
-        raise ValueError(f"{path} is a PyTorch file but not a flowaction checkpoint (no 'format' entry)")
-    if state["format"] != CHECKPOINT_FORMAT:
-        newer = isinstance(state["format"], int) and state["format"] > CHECKPOINT_FORMAT
-        raise ValueError(
-            f"{path} has checkpoint format {state['format']!r}; this version of flowaction reads format "
-            f"{CHECKPOINT_FORMAT}" + (" (the file was written by a newer flowaction: upgrade)" if newer else "")
-        )
     return state
 
 

@@ -60,11 +60,12 @@ def _progress(args: argparse.Namespace) -> bool:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    import contextlib
     import os
 
     from flowaction import distributed
     from flowaction.config import load_config
-    from flowaction.run import claim_run_dir, open_data, resume_config
+    from flowaction.run import claim_run_dir, open_data, resume_config, run_lock
     from flowaction.train import fit
 
     # under torchrun every process runs this; rank 0 alone claims the folder, generates data and prints
@@ -85,13 +86,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
         if main_rank:
             claim_run_dir(args.out, args.resume, args.overwrite, args.delete_old)
     context, _ = distributed.setup(cfg.device)
+    lock = run_lock(args.out) if context.main else contextlib.nullcontext()
     try:
-        if context.main:
-            cache = open_data(cfg, args.out, progress=_progress(args))
-        distributed.barrier(context)  # the others open what rank 0 generated
-        if not context.main:
-            cache = open_data(cfg, args.out, progress=False)
-        summary = fit(cfg, cache, args.out, resume=args.resume, progress=_progress(args), log=say)
+        with lock:
+            if context.main:
+                cache = open_data(cfg, args.out, progress=_progress(args))
+            distributed.barrier(context)  # the others open what rank 0 generated
+            if not context.main:
+                cache = open_data(cfg, args.out, progress=False)
+            summary = fit(cfg, cache, args.out, resume=args.resume, progress=_progress(args), log=say)
     finally:
         distributed.cleanup(context)
     say(json.dumps(summary, indent=1))
@@ -116,8 +119,12 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         f"{report['video_accuracy']:.4f}"
         + (f"  top-5 {report['top5_video_accuracy']:.4f}" if report["top5_video_accuracy"] is not None else "")
     )
+    print(f"mean class accuracy {report['mean_class_accuracy']:.4f}")
     if report["flow"]:
         print(describe_flow_errors(report["flow"]))
+    if report["selected_on_this_split"]:
+        print(f"note: the checkpoint was selected on split {args.split!r} (its best validation accuracy), so this "
+              "figure is optimistic; score a split it was not selected on")
     print(f"wrote {Path(args.out) / 'eval.json'} and {Path(args.out) / 'confusion.png'}")
     return 0
 
@@ -132,9 +139,16 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_ablate(args: argparse.Namespace) -> int:
-    from flowaction.ablate import run_ablation
+    from flowaction.run import run_lock
 
     split = lambda text: [item.strip() for item in text.split(",") if item.strip()]  # noqa: E731
+    with run_lock(args.out):
+        return _ablate_locked(args, split)
+
+
+def _ablate_locked(args: argparse.Namespace, split) -> int:
+    from flowaction.ablate import run_ablation
+
     path = run_ablation(
         args.config, split(args.runs), args.seeds, args.out, args.overrides,
         [int(n) for n in split(args.sweep)] if args.sweep else None,
@@ -150,7 +164,7 @@ def _cmd_pretrain_flow(args: argparse.Namespace) -> int:
     from flowaction.config import load_config
     from flowaction.demo import preset_path
     from flowaction.pretrain import pretrain_flow
-    from flowaction.run import claim_run_dir, open_data
+    from flowaction.run import claim_run_dir, run_lock
 
     if args.data and args.videos:
         raise ValueError("give --data CACHE or --videos DIR, not both")
@@ -161,6 +175,14 @@ def _cmd_pretrain_flow(args: argparse.Namespace) -> int:
         overrides.append(f"data.cache={args.data}")
     cfg = load_config(args.config or preset_path("pretrain"), overrides)
     claim_run_dir(args.out, args.resume, args.overwrite, args.delete_old)
+    with run_lock(args.out):
+        return _pretrain_locked(args, cfg)
+
+
+def _pretrain_locked(args: argparse.Namespace, cfg) -> int:
+    from flowaction.pretrain import pretrain_flow
+    from flowaction.run import open_data
+
     if args.videos:
         from flowaction.data.prepare import prepare
 
@@ -265,16 +287,20 @@ def _cmd_keys(args: argparse.Namespace) -> int:
 
 def _cmd_prepare(args: argparse.Namespace) -> int:
     from flowaction.data.prepare import prepare
+    from flowaction.run import run_lock
 
     if (args.height is None) != (args.width is None):
         raise ValueError("give both --height and --width, or neither (then --size sets the short side)")
     size = (args.height, args.width) if args.height is not None else args.size
-    report = prepare(
-        args.kind, args.root, args.out, splits_dir=args.splits, split=args.split, workers=args.workers,
-        size=size, min_frames=args.min_frames, shard_videos=args.shard_videos, val_fraction=args.val_fraction,
-        test_fraction=args.test_fraction, val_from_train=args.val_from_train, train_list=args.train_list, val_list=args.val_list, seed=args.seed,
-        progress=_progress(args), log=print,
-    )
+    if not Path(args.root).is_dir():
+        raise FileNotFoundError(f"video root {args.root} does not exist")
+    with run_lock(args.out):  # two prepares into one cache would interleave their shards
+        report = prepare(
+            args.kind, args.root, args.out, splits_dir=args.splits, split=args.split, workers=args.workers,
+            size=size, min_frames=args.min_frames, shard_videos=args.shard_videos, val_fraction=args.val_fraction,
+            test_fraction=args.test_fraction, val_from_train=args.val_from_train, train_list=args.train_list,
+            val_list=args.val_list, seed=args.seed, progress=_progress(args), log=print,
+        )
     height, width = report["frame_size"]
     counts = "  ".join(f"{name} {count}" for name, count in report["videos"].items())
     print(f"prepared {args.out}: {len(report['classes'])} classes, {height}x{width} frames; videos: {counts}")
@@ -322,7 +348,10 @@ def _cmd_flow(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from flowaction import __version__
+
     parser = _Parser(prog="flowaction", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"flowaction {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="train a model from a YAML config")

@@ -70,6 +70,9 @@ class ModelConfig:
     flow_grad_scale: float = 0.1
     # where the flow network starts: none (random, the paper's from-scratch training), default
     # (the pre-trained network shipped in the package) or the path of a flownet.pt / run checkpoint
+    # start from other weights: a flowaction checkpoint or a 3D ResNet checkpoint of Hara et al.
+    # (their state_dict layout); what does not fit (e.g. another number of classes) stays fresh
+    init: str = ""
     flow_init: str = "none"
     # dis / farneback inputs: "input" computes OpenCV flow on exactly the frames the learned flow
     # network sees (jittered, cropped, with the Gaussian noise), "clean" reads it precomputed from

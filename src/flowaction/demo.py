@@ -12,7 +12,7 @@ from flowaction.checkpoint import load_checkpoint
 from flowaction.config import LEARNED_INPUTS, Config, from_dict, load_config
 from flowaction.data.cache import ClipCache, atomic_write_json
 from flowaction.evaluate import describe_flow_errors
-from flowaction.run import claim_run_dir, open_data, write_eval_report
+from flowaction.run import claim_run_dir, open_data, run_lock, write_eval_report
 from flowaction.train import build_model, evaluate_checkpoint, fit, make_loader
 
 PRESETS = ("demo", "tiny", "pretrain")
@@ -102,6 +102,11 @@ def run_demo(
         log(f"model.input={given['model.input']}: no flow network, so the preset's pre-trained one is not used")
     cfg = load_config(preset_path(preset), overrides)
     claim_run_dir(out, resume, overwrite, delete_old, log)
+    with run_lock(out):
+        return _run_demo_locked(out, cfg, preset, resume, progress, log, started)
+
+
+def _run_demo_locked(out: Path, cfg: Config, preset: str, resume: bool, progress: bool, log, started: float) -> dict:
     cache = open_data(cfg, out, progress=progress)
     generated = time.time()
     log(f"data: {len(cache.videos)} clips of {len(cache.classes)} motion classes in {cache.root}")
@@ -124,6 +129,7 @@ def run_demo(
     metrics = {
         "test_accuracy": report["clip_accuracy"],
         "test_video_accuracy": report["video_accuracy"],
+        "test_mean_class_accuracy": report["mean_class_accuracy"],
         "top5_video_accuracy": report["top5_video_accuracy"],
         **{key: report[key] for key in report if key.endswith("_epe") or key.startswith("flow_")},
         "chance_accuracy": 1.0 / len(cache.classes),

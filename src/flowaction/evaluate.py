@@ -190,8 +190,9 @@ def video_scores(result: EvalResult, num_classes: int) -> dict:
     ``top5_video_accuracy`` is None with 5 classes or fewer, where it would be 1 by construction.
 
     Returns:
-        ``{"video_accuracy", "top5_video_accuracy", "per_class": [K], "confusion": [[K x K]],
-        "num_videos"}``; the confusion matrix counts videos, rows are true classes.
+        ``{"video_accuracy", "mean_class_accuracy" (over classes with videos), "top5_video_accuracy",
+        "per_class": [K], "confusion": [[K x K]], "num_videos"}``; the confusion matrix counts
+        videos, rows are true classes.
     """
     unique, inverse = np.unique(result.videos, return_inverse=True)
     mean_probs = np.zeros((len(unique), result.probs.shape[1]))
@@ -207,6 +208,8 @@ def video_scores(result: EvalResult, num_classes: int) -> dict:
     return {
         "num_videos": int(len(unique)),
         "video_accuracy": float((predicted == video_labels).mean()),
+        # the mean of the per-class accuracies: on unbalanced data, overall accuracy favours large classes
+        "mean_class_accuracy": float(np.mean([value for value in per_class if value is not None])),
         # top-5 says something only when there are more than 5 classes to choose from
         "top5_video_accuracy": float((top5 == video_labels[:, None]).any(1).mean()) if mean_probs.shape[1] > 5 else None,
         "per_class": per_class,

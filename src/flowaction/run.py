@@ -1,8 +1,10 @@
 """Glue shared by the commands: choosing the data of a run and writing reports."""
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
+from typing import Iterator
 
 from flowaction.config import Config
 from flowaction.data.cache import ClipCache
@@ -34,10 +36,11 @@ def write_eval_report(report: dict, out: str | Path) -> None:
     plot_confusion(report["confusion"], report["classes"], out / "confusion.png", title)
 
 
+LOCK_NAME = ".flowaction.lock"
 # what a training run writes into its folder; data/ and cache/ (reusable inputs) are not in it
 RUN_FILES = (
     "last.pt", "best.pt", "flownet.pt", "metrics.csv", "metrics.json", "eval.json", "config.yaml",
-    "curves.png", "confusion.png", "flows.png", "tensorboard",
+    "curves.png", "confusion.png", "flows.png", "tensorboard", "init_report.json",
 )
 
 
@@ -107,3 +110,33 @@ def resume_config(out: str | Path, overrides: list[str], log=print) -> Config:
     log(f"resuming {out} with its own config.yaml" + (f"; changed on the command line: {', '.join(changed)}"
                                                       if changed else ""))
     return cfg
+
+
+@contextlib.contextmanager
+def run_lock(out: str | Path) -> Iterator[None]:
+    """Hold ``out/.flowaction.lock`` for the duration: a second process writing into the same
+    folder is refused instead of interleaving with the first. The operating system releases the
+    lock when the holder exits, even when it is killed, so a stale lock never blocks a rerun."""
+    import fcntl
+    import os
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    handle = open(out / LOCK_NAME, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise FileExistsError(f"{out} is in use by another flowaction run ({holder}): wait for it to end, "
+                              "or give another output folder") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()}")
+    handle.flush()
+    try:
+        yield
+    finally:
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()

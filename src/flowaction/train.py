@@ -390,6 +390,15 @@ def fit(
     start_epoch, step, best = 0, 0, {"val_accuracy": -1.0, "epoch": -1}
     partial = None
     last_path = out / "last.pt"
+    if cfg.model.init and not (resume and last_path.is_file()):
+        from flowaction.init_weights import describe, initialise_from
+
+        init_report = initialise_from(model, cfg.model.init, cfg.model.input)
+        log(describe(init_report))
+        if context.main:
+            from flowaction.data.cache import atomic_write_json
+
+            atomic_write_json(out / "init_report.json", init_report)
     if cfg.model.flow_init != "none" and not (resume and last_path.is_file()):
         from flowaction.pretrain import load_flow_weights
 
@@ -508,4 +517,6 @@ def evaluate_checkpoint(
         **video_scores(result, len(cache.classes)),
     }
     report["classes"] = list(cache.classes)
+    # best.pt was chosen on the validation split: scored on that same split, the figure is optimistic
+    report["selected_on_this_split"] = split == cfg.data.val_split
     return report

@@ -1,0 +1,124 @@
+"""Training throughput: the joint model against the same 3D ResNet on precomputed flows and on frames,
+and one process against two (DistributedDataParallel over gloo), on this machine's CPU cores.
+
+Each variant does ``--steps`` timed Adam steps (after one untimed) on random input of the default clip
+(16 frames, 56 x 56, ResNet-18, batch ``--batch``) through the trainer's own forward pass and loss
+(:func:`flowaction.forward.forward_batch`); the median step time gives clips/s. Ratios are taken
+within the same run. Run::
+
+    .venv/bin/python benchmarks/bench_train.py --steps 5 --out benchmarks/results/train
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.multiprocessing as mp
+
+from flowaction.config import load_config
+from flowaction.forward import forward_batch
+from flowaction.train import build_model, build_optimizer, loss_weights
+
+
+def _batch(cfg, batch: int, flows: bool) -> dict:
+    generator = torch.Generator().manual_seed(0)
+    t, c = cfg.data.num_frames, cfg.data.crop
+    out = {"frames": torch.rand(batch, 1, t, c, c, generator=generator), "label": torch.randint(0, 101, (batch,))}
+    if flows:  # precomputed OpenCV flow, as model.classical_on=clean reads it from the cache
+        out["classical"] = torch.randn(batch, t - 1, 2, c, c, generator=generator)
+    return out
+
+
+def step_times(model_input: str, batch: int, steps: int, threads: int, runner=None, cfg_extra=()) -> list[float]:
+    torch.set_num_threads(threads)
+    cfg = load_config(None, [f"model.input={model_input}", "model.classical_on=clean", *cfg_extra])
+    torch.manual_seed(0)
+    model = build_model(cfg, 101)
+    optimizer = build_optimizer(cfg, model)
+    runner = runner(model) if runner else None
+    data = _batch(cfg, batch, model_input in ("dis", "farneback"))
+    times = []
+    for index in range(steps + 1):
+        started = time.perf_counter()
+        if runner is not None:
+            _, _, terms = runner(data, torch.device("cpu"), loss_weights(cfg), 0.05, False, 0.1)
+        else:
+            _, _, terms = forward_batch(model, data, torch.device("cpu"), loss_weights(cfg), 0.05, False, 0.1)
+        optimizer.zero_grad(set_to_none=True)
+        terms["total"].backward()
+        optimizer.step()
+        if index:  # the first step pays one-time costs
+            times.append(time.perf_counter() - started)
+    return times
+
+
+def _ddp_worker(rank: int, world: int, port: int, batch: int, steps: int, queue) -> None:
+    import torch.distributed as dist
+
+    from flowaction.train import _Step
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        wrap = lambda model: torch.nn.parallel.DistributedDataParallel(_Step(model))  # noqa: E731
+        times = step_times("learned", batch, steps, 1, runner=wrap)
+        if rank == 0:
+            queue.put(times)
+    finally:
+        dist.destroy_process_group()
+
+
+def ddp_times(world: int, batch: int, steps: int) -> list[float]:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    context = mp.get_context("spawn")
+    queue = context.SimpleQueue()
+    mp.start_processes(_ddp_worker, args=(world, port, batch, steps, queue), nprocs=world, start_method="spawn")
+    return queue.get()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=8, help="clips per step and process")
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/train"))
+    args = parser.parse_args(argv)
+    rows = {}
+    for name, model_input in (("joint (learned flow)", "learned"), ("ResNet-18 on precomputed flows", "dis"),
+                              ("ResNet-18 on 16 gray frames", "frames")):
+        times = step_times(model_input, args.batch, args.steps, args.threads)
+        rows[f"{name}, 1 process x {args.threads} threads"] = (statistics.median(times), args.batch)
+    one = step_times("learned", args.batch, args.steps, 1)
+    rows["joint, 1 process x 1 thread"] = (statistics.median(one), args.batch)
+    two = ddp_times(2, args.batch, args.steps)
+    rows["joint, 2 processes x 1 thread (DDP, gloo)"] = (statistics.median(two), 2 * args.batch)
+    print(f"{'variant':50s} {'step s':>8s} {'clips/s':>8s}")
+    results = {}
+    for name, (seconds, clips) in rows.items():
+        results[name] = {"median_step_s": seconds, "clips_per_s": clips / seconds}
+        print(f"{name:50s} {seconds:8.3f} {clips / seconds:8.2f}")
+    joint = results[f"joint (learned flow), 1 process x {args.threads} threads"]["median_step_s"]
+    flows = results[f"ResNet-18 on precomputed flows, 1 process x {args.threads} threads"]["median_step_s"]
+    ddp = results["joint, 2 processes x 1 thread (DDP, gloo)"]["clips_per_s"]
+    single = results["joint, 1 process x 1 thread"]["clips_per_s"]
+    print(f"joint step / precomputed-flow step: {joint / flows:.2f}x; 2 processes / 1 process (1 thread each): "
+          f"{ddp / single:.2f}x clips/s")
+    results["joint_overhead"] = joint / flows
+    results["ddp_speedup_2_over_1"] = ddp / single
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "train.json").write_text(json.dumps({"batch": args.batch, "threads": args.threads,
+                                                     "torch": torch.__version__, **results}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

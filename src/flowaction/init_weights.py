@@ -1,0 +1,106 @@
+"""``model.init=PATH``: start training from other weights, and say what was taken.
+
+Two sources are read (never executing pickled code):
+
+* a flowaction checkpoint (``best.pt`` / ``last.pt``): every tensor whose name and shape fit the
+  new model is taken (e.g. all but the classifier when the number of classes differs);
+* a checkpoint of Hara et al.'s 3D ResNets (``{"state_dict": ..., "arch": ...}``, ``module.``
+  prefixes from ``DataParallel`` removed): its tensors go into the action network, whose layer
+  names are the same. Their first layer reads 3-channel RGB; ours reads 1 (gray frames), 2 (the
+  flows' u, v) or 3 (u, v and the gray frame) channels. Rule: a gray channel takes the **sum** of
+  the RGB filters (a gray frame repeated as RGB gives the response it was trained to give); any
+  other channel (flow) takes their **mean** (the cross-modality initialisation of temporal
+  segment networks), so the layer's response to a constant input keeps its scale.
+
+Anything that does not fit is left as initialised, and the report lists it.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from flowaction.checkpoint import read_torch_file
+
+
+def _strip(state: dict) -> dict:
+    return {(key[len("module."):] if key.startswith("module.") else key): value for key, value in state.items()}
+
+
+def _adapt_first_layer(weight: torch.Tensor, channels: list[str]) -> torch.Tensor:
+    """RGB filters ``(out, 3, t, h, w)`` -> one filter per input channel by the module's rule."""
+    summed, mean = weight.sum(dim=1, keepdim=True), weight.mean(dim=1, keepdim=True)
+    return torch.cat([summed if kind == "gray" else mean for kind in channels], dim=1)
+
+
+def input_channels(model_input: str) -> list[str]:
+    """The kinds of the action network's input channels for a ``model.input``."""
+    return {"frames": ["gray"], "learned": ["flow", "flow"], "dis": ["flow", "flow"], "farneback": ["flow", "flow"],
+            "learned+frames": ["flow", "flow", "gray"]}[model_input]
+
+
+def initialise_from(model: torch.nn.Module, path: str | Path, model_input: str) -> dict:
+    """Copy the weights of ``path`` that fit into ``model``; return the report.
+
+    Raises:
+        FileNotFoundError / ValueError: no file, not a readable checkpoint, or nothing fits.
+    """
+    path = Path(path)
+    state = read_torch_file(path)
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} holds no state dict (a {type(state).__name__})")
+    target = model.state_dict()
+    if "model" in state and "format" in state:  # flowaction
+        source, kind = state["model"], "flowaction"
+        prefix = ""
+    elif "state_dict" in state or all(isinstance(v, torch.Tensor) for v in state.values()):
+        source, kind = _strip(state.get("state_dict", state)), f"3D ResNet ({state.get('arch', 'unknown arch')})"
+        prefix = "action_net."  # Hara et al.'s layer names are our action network's
+        if not any(key.startswith(prefix) for key in target):
+            prefix = ""
+    else:
+        raise ValueError(f"{path}: neither a flowaction checkpoint nor a 3D ResNet state dict "
+                         f"(keys: {', '.join(list(state)[:6])})")
+    loaded, adapted, mismatched = [], [], []
+    new_state = {}
+    for key, value in source.items():
+        name = prefix + key
+        if name not in target or not isinstance(value, torch.Tensor):
+            continue
+        want = target[name]
+        # an RGB network's first layer meets our channels (u, v, gray) by the module's rule, even
+        # when their count happens to be 3
+        rgb_first = kind != "flowaction" and name == prefix + "conv1.weight" and value.dim() == 5 and \
+            value.shape[1] == 3 and value.shape[0] == want.shape[0] and value.shape[2:] == want.shape[2:]
+        if value.shape == want.shape and not rgb_first:
+            new_state[name] = value.to(want.dtype)
+            loaded.append(name)
+        elif rgb_first:
+            new_state[name] = _adapt_first_layer(value, input_channels(model_input)).to(want.dtype)
+            adapted.append(f"{name}: 3 RGB channels -> {want.shape[1]} ({', '.join(input_channels(model_input))})")
+        else:
+            mismatched.append(f"{name} {tuple(value.shape)} vs {tuple(want.shape)}")
+    if not new_state:
+        raise ValueError(f"no weight of {path} fits this model (another depth or architecture?); "
+                         f"first mismatches: {'; '.join(mismatched[:3]) or 'no common layer name'}")
+    model.load_state_dict(new_state, strict=False)
+    fresh = [name for name in target if name not in new_state and not name.endswith("num_batches_tracked")]
+    return {"source": str(path), "kind": kind, "loaded": len(loaded), "adapted": adapted,
+            "fresh": fresh, "mismatched": mismatched}
+
+
+def describe(report: dict) -> str:
+    """One paragraph for the log."""
+    def short(names: list[str]) -> str:
+        groups = sorted({name.split(".")[0] + ("." + name.split(".")[1] if name.startswith("action_net.") else "")
+                         for name in names})
+        return ", ".join(groups[:8]) + (" ..." if len(groups) > 8 else "")
+
+    text = f"initialised from {report['source']} ({report['kind']}): {report['loaded']} tensors loaded"
+    if report["adapted"]:
+        text += f"; adapted {'; '.join(report['adapted'])}"
+    if report["fresh"]:
+        text += f"; left fresh: {short(report['fresh'])}"
+    if report["mismatched"]:
+        text += f" (shape mismatches: {'; '.join(report['mismatched'][:3])})"
+    return text

@@ -1,0 +1,112 @@
+"""Results that can be trusted and folders that are not shared by accident."""
+import numpy as np
+import pytest
+
+from flowaction.cli import main
+from flowaction.evaluate import EvalResult, video_scores
+from flowaction.run import run_lock
+
+
+def test_mean_class_accuracy_is_reported_beside_overall_accuracy():
+    # three videos of class 0, all right; one of class 1, wrong: overall 0.75, per class (1 + 0) / 2
+    probs = np.array([[0.9, 0.1], [0.8, 0.2], [0.7, 0.3], [0.6, 0.4]])
+    result = EvalResult(losses={}, probs=probs, labels=np.array([0, 0, 0, 1]), videos=np.arange(4))
+    scores = video_scores(result, 2)
+    assert scores["video_accuracy"] == 0.75 and scores["mean_class_accuracy"] == 0.5
+    # a class without test videos is left out of the mean, not counted as 0
+    scores = video_scores(result, 3)
+    assert scores["per_class"][2] is None and scores["mean_class_accuracy"] == 0.5
+
+
+def test_a_second_run_into_a_folder_in_use_is_refused(tmp_path, capsys):
+    out = tmp_path / "run"
+    with run_lock(out):
+        assert main(["train", "--out", str(out), "model.depth=10"]) == 2
+        error = capsys.readouterr().err
+        assert "in use by another flowaction run (pid" in error
+        assert main(["prepare", "folder", "--root", str(tmp_path), "--out", str(out)]) == 2
+    # released at the end: the folder can be used again (the lock file is the tool's own)
+    with run_lock(out):
+        pass
+    assert [p.name for p in out.iterdir()] == [".flowaction.lock"]
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0 and capsys.readouterr().out.startswith("flowaction ")
+
+
+def _tiny_cache(tmp_path):
+    from flowaction.config import from_dict
+    from flowaction.run import open_data
+
+    overrides = ["model.depth=10", "model.flow_width=8", "data.crop=32", "data.num_frames=7",
+                 "data.synthetic.num_frames=7", "data.synthetic.size=36", "data.synthetic.num_classes=4",
+                 "data.synthetic.train_per_class=2", "data.synthetic.val_per_class=1",
+                 "data.synthetic.test_per_class=1", "optim.epochs=1", "optim.batch_size=4",
+                 f"data.synthetic_dir={tmp_path / 'data'}"]
+    return overrides, open_data(from_dict({}, overrides), tmp_path)
+
+
+@pytest.mark.parametrize("model_input", ["learned", "frames", "learned+frames"])
+def test_init_from_a_hara_resnet_checkpoint_adapts_the_first_layer(tmp_path, model_input):
+    import json
+
+    import torch
+
+    from flowaction.config import from_dict
+    from flowaction.models.resnet3d import resnet3d
+    from flowaction.train import build_model, fit
+
+    torch.manual_seed(1)
+    hara = resnet3d(10, in_channels=3, num_classes=400, shortcut="B")
+    # their layout: DataParallel's "module." prefix, an arch name, an optimizer entry
+    torch.save({"epoch": 200, "arch": "resnet-10", "state_dict": {f"module.{k}": v for k, v in hara.state_dict().items()},
+                "optimizer": {}}, tmp_path / "hara.pth")
+    overrides, cache = _tiny_cache(tmp_path)
+    cfg = from_dict({}, overrides + [f"model.init={tmp_path / 'hara.pth'}", f"model.input={model_input}",
+                                     "optim.lr=1e-12", "augment.noise_std=0"])
+    logged = []
+    fit(cfg, cache, tmp_path / "run", progress=False, log=logged.append)
+    report = json.loads((tmp_path / "run" / "init_report.json").read_text())
+    assert any("initialised from" in line and "left fresh" in line for line in logged)
+    assert "action_net.fc.weight" in report["fresh"] and "action_net.fc.weight (400, 512)" in report["mismatched"][0]
+    assert report["adapted"] and "3 RGB channels" in report["adapted"][0]
+    from flowaction.checkpoint import load_checkpoint
+
+    weights = load_checkpoint(tmp_path / "run" / "last.pt")["model"]  # lr 1e-12: as initialised
+    rgb = hara.conv1.weight.detach()
+    first = weights["action_net.conv1.weight"]
+    gray, mean = rgb.sum(1), rgb.mean(1)
+    expected = {"learned": [mean, mean], "frames": [gray], "learned+frames": [mean, mean, gray]}[model_input]
+    for channel, want in enumerate(expected):
+        torch.testing.assert_close(first[:, channel], want, atol=1e-6, rtol=1e-4)
+    torch.testing.assert_close(weights["action_net.layer2.0.conv1.weight"], hara.layer2[0].conv1.weight.detach(),
+                               atol=1e-6, rtol=1e-4)
+
+
+def test_init_from_a_flowaction_checkpoint_of_another_class_count_and_clear_errors(tmp_path):
+    import torch
+
+    from flowaction.checkpoint import save_checkpoint
+    from flowaction.config import from_dict, to_dict
+    from flowaction.init_weights import initialise_from
+    from flowaction.train import build_model
+
+    overrides, _ = _tiny_cache(tmp_path)
+    cfg = from_dict({}, overrides)
+    other = build_model(cfg, 10)
+    save_checkpoint(tmp_path / "ten.pt", {"config": to_dict(cfg), "classes": list("abcdefghij"),
+                                          "model": other.state_dict()})
+    model = build_model(cfg, 4)
+    report = initialise_from(model, tmp_path / "ten.pt", "learned")
+    assert report["kind"] == "flowaction" and set(report["fresh"]) == {"action_net.fc.weight", "action_net.fc.bias"}
+    assert torch.equal(model.flow_net.stem.weight, other.flow_net.stem.weight)
+    deeper = build_model(from_dict({}, overrides + ["model.depth=18"]), 4)
+    torch.save({"state_dict": {"conv9.weight": torch.zeros(3)}}, tmp_path / "foreign.pth")
+    with pytest.raises(ValueError, match="no weight of .* fits this model"):
+        initialise_from(deeper, tmp_path / "foreign.pth", "learned")
+    (tmp_path / "junk.pth").write_bytes(b"junk" * 10)
+    with pytest.raises(ValueError, match="not a readable checkpoint"):
+        initialise_from(model, tmp_path / "junk.pth", "learned")
