@@ -18,6 +18,7 @@ rest. One prepare per cache directory at a time.
 """
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing as mp
 import os
 import queue
@@ -65,6 +66,9 @@ class WorkerSettings:
     run: int
     method: str = decode_mod.DEFAULT_METHOD
     threads: bool = False
+    # the decoding function (``decode_gray``'s signature); a module-level function, so that
+    # spawned workers can import it: e.g. a decoder of another library
+    decoder: Callable | None = None
 
 
 class _ShardSink:
@@ -110,7 +114,8 @@ def run_tasks(tasks: Iterable[Task], settings: WorkerSettings, worker: int, emit
         emit(("start", task.path))
         try:
             path = Path(settings.root) / task.path
-            decoded = decode_mod.decode_gray(path, settings.size, settings.method, settings.threads)
+            decode = settings.decoder or decode_mod.decode_gray
+            decoded = decode(path, settings.size, settings.method, settings.threads)
         except decode_mod.DecodeError as error:
             emit(("skip", task.path, str(error)))
             continue
@@ -128,9 +133,15 @@ def run_tasks(tasks: Iterable[Task], settings: WorkerSettings, worker: int, emit
 def _worker_main(worker: int, settings: WorkerSettings, tasks: "mp.Queue", results: "mp.Queue") -> None:
     """Entry point of a worker process: tasks until a ``None``, then ``("done", worker)``."""
 
+    marker = _decoding_marker(settings.out, worker)
+
     def pull() -> Iterable[Task]:
         while (task := tasks.get()) is not None:
+            # written synchronously (a queue message may die unsent with a crashing process): the
+            # parent reads it to name the video whose decoder crashed
+            marker.write_text(task.path)
             yield task
+        marker.unlink(missing_ok=True)
 
     try:
         run_tasks(pull(), settings, worker, _tag(worker, results.put))
@@ -138,6 +149,20 @@ def _worker_main(worker: int, settings: WorkerSettings, tasks: "mp.Queue", resul
     except BaseException:
         results.put(("error", worker, traceback.format_exc()))
         raise
+
+
+def _decoding_marker(out: str | Path, worker: int) -> Path:
+    return Path(out) / f".decoding-w{worker}.tmp"
+
+
+class WorkerCrash(RuntimeError):
+    """A worker process died (a decoder crash: segfault, abort) while decoding ``video``."""
+
+    def __init__(self, worker: int, code: int, video: str | None) -> None:
+        how = f"signal {-code}" if code < 0 else f"exit code {code}"
+        super().__init__(f"prepare worker {worker} died ({how}) while decoding {video or '?'}; finished shards "
+                         "are kept: run prepare again to resume")
+        self.video, self.how = video, how
 
 
 def _run_pool(todo: list[Task], settings: WorkerSettings, workers: int, handle: Callable[[tuple], None]) -> None:
@@ -161,10 +186,9 @@ def _run_pool(todo: list[Task], settings: WorkerSettings, workers: int, handle: 
                 for k in sorted(running):
                     code = procs[k].exitcode
                     if code is not None and code != 0:
-                        raise RuntimeError(
-                            f"prepare worker {k} died (exit code {code}) while decoding {current.get(k, '?')}; "
-                            "finished shards are kept: run prepare again to resume"
-                        )
+                        marker = _decoding_marker(settings.out, k)
+                        video = marker.read_text() if marker.is_file() else current.get(k)
+                        raise WorkerCrash(k, code, video)
                 continue
             kind, worker = message[0], message[1]
             if kind == "done":
@@ -245,6 +269,7 @@ def prepare(
     progress: bool = True,
     log: Callable[[str], None] | None = None,
     min_classes: int = 2,
+    decoder: Callable | None = None,
 ) -> dict:
     """Decode the videos of a data set into the clip cache ``out``; resumable. Returns the report.
 
@@ -264,6 +289,9 @@ def prepare(
             (UCF101 by whole groups); 0 keeps the official train / test protocol.
         train_list, val_list: folder kind: the user's own split lists (``<class>/<file>`` lines).
         method, threads: decoding options (see ``data/decode.py``).
+        decoder: replaces ``decode_gray`` (same signature; a module-level function). With
+            ``workers`` >= 2 a decoder that crashes its process (segfault) costs only that video:
+            it is reported as skipped and the others are prepared.
         log: receives one-line notices (resume, clean-up); nothing is printed here.
         min_classes: fewer classes are refused (2 for a classifier; 1 for flow pre-training).
 
@@ -314,7 +342,7 @@ def prepare(
 
     runs = [int(m.group(1)) for m in (_RUN.search(s["name"]) for s in existing) if m]
     settings = WorkerSettings(str(root), str(out), frame_size, min_frames, shard_videos, shard_frames,
-                              run=max(runs, default=0) + 1, method=method, threads=threads)
+                              run=max(runs, default=0) + 1, method=method, threads=threads, decoder=decoder)
     decoded = {"videos": 0, "frames": 0}
     bar = tqdm(total=len(todo), desc=f"prepare {kind}", unit="video", disable=not progress, mininterval=1.0)
 
@@ -329,10 +357,25 @@ def prepare(
 
     try:
         count = min(workers, len(todo))
-        if count == 1:
+        if count == 1:  # in this process: a decoder crash here stops prepare (workers >= 2 isolate it)
             run_tasks(todo, settings, 0, lambda message: message[0] == "start" or handle(message))
-        elif count > 1:
-            _run_pool(todo, settings, count, handle)
+        remaining = todo if count > 1 else []
+        while remaining:
+            try:
+                _run_pool(remaining, settings, count, handle)
+                break
+            except WorkerCrash as crash:
+                if crash.video is None:
+                    raise
+                # skip the video that crashed its decoder; redo what the stopped pool had not
+                # finished (its unfinished shards are lost with it) under new shard names
+                skipped.append({"path": crash.video, "reason": f"the decoder crashed ({crash.how}): skipped"})
+                log(f"{crash.video}: the decoder crashed ({crash.how}); skipped, the other videos go on")
+                finished = finished_shards(out)
+                clean_partial_shards(out, {m["name"] for m in finished})
+                settled = {v["id"] for m in finished for v in m["videos"]} | {item["path"] for item in skipped}
+                remaining = [task for task in remaining if task.path not in settled]
+                settings = dataclasses.replace(settings, run=settings.run + 1)
     finally:
         bar.close()
     return _finish(plan, out, kind, root, split, settings, skipped, decoded, reused, workers, started)
