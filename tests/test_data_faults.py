@@ -157,3 +157,16 @@ def test_prepare_killed_at_random_moments_then_rerun_equals_an_uninterrupted_run
     subprocess.run(command, check=True, capture_output=True)
     assert _content(tmp_path / "killed") == _content(tmp_path / "whole")
     assert kills >= 1
+
+
+def test_ray_prepare_equals_the_local_one(messy, tmp_path, capsys):
+    root, _ = messy
+    local = prepare("folder", root, tmp_path / "local", size=36, workers=2, shard_videos=3, progress=False)
+    assert main(["prepare", "folder", "--root", str(root), "--out", str(tmp_path / "ray"), "--size", "36",
+                 "--workers", "2", "--shard-videos", "3", "--ray", "local", "--no-progress"]) == 0
+    assert "ray: " in capsys.readouterr().out
+    assert _content(tmp_path / "ray") == _content(tmp_path / "local")  # same videos, labels, splits and frames
+    import json
+
+    report = json.loads((tmp_path / "ray" / "prepare_report.json").read_text())
+    assert report["skipped"] == local["skipped"] and report["videos"] == local["videos"]

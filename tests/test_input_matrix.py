@@ -4,11 +4,9 @@ A new model input or a new command that trains, loads or runs a model must be ad
 matrix: the two completeness tests at the end fail otherwise.
 """
 import json
-from fractions import Fraction
 
-import av
-import numpy as np
 import pytest
+from test_prepare import write_video
 
 from flowaction.cli import build_parser, main
 from flowaction.config import _CHOICES, LEARNED_INPUTS
@@ -23,19 +21,9 @@ TINY = str(preset_path("tiny"))
 
 @pytest.fixture(scope="module")
 def video(tmp_path_factory):
-    """A 40 x 48 mpeg4 video of a random texture moving 1 px per frame to the right, 10 frames."""
+    """A 40 x 48 mpeg4 video of a moving pattern, 10 frames."""
     path = tmp_path_factory.mktemp("video") / "clip.avi"
-    texture = np.random.default_rng(0).integers(0, 256, size=(40, 64), dtype=np.uint8)
-    with av.open(str(path), mode="w") as container:
-        stream = container.add_stream("mpeg4", rate=Fraction(25))
-        stream.width, stream.height, stream.pix_fmt = 48, 40, "yuv420p"
-        for t in range(10):
-            gray = np.ascontiguousarray(texture[:, 10 - t : 58 - t])
-            frame = av.VideoFrame.from_ndarray(np.repeat(gray[..., None], 3, axis=2), format="rgb24")
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+    write_video(path, 10, seed=0, size=(40, 48))
     return path
 
 

@@ -299,7 +299,7 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
             args.kind, args.root, args.out, splits_dir=args.splits, split=args.split, workers=args.workers,
             size=size, min_frames=args.min_frames, shard_videos=args.shard_videos, val_fraction=args.val_fraction,
             test_fraction=args.test_fraction, val_from_train=args.val_from_train, train_list=args.train_list,
-            val_list=args.val_list, seed=args.seed, progress=_progress(args), log=print,
+            val_list=args.val_list, seed=args.seed, progress=_progress(args), log=print, ray_address=args.ray,
         )
     height, width = report["frame_size"]
     counts = "  ".join(f"{name} {count}" for name, count in report["videos"].items())
@@ -400,6 +400,9 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--train-list", type=Path, default=None, help="folder: own train list (<class>/<file> lines)")
     prep.add_argument("--val-list", type=Path, default=None, help="folder: own val list (<class>/<file> lines)")
     prep.add_argument("--seed", type=int, default=0, help="seed of the val split")
+    prep.add_argument("--ray", default=None, metavar="ADDRESS",
+                      help="spread decoding over a Ray cluster: auto, ray://HOST:PORT, or local (a Ray instance "
+                           "started here with --workers CPUs); --out must be shared storage")
     prep.add_argument("--no-progress", action="store_true", help="no progress bar")
     prep.set_defaults(func=_cmd_prepare)
 

@@ -207,6 +207,44 @@ def _run_pool(todo: list[Task], settings: WorkerSettings, workers: int, handle: 
             proc.join()
 
 
+def _ray_task(tasks: list[Task], settings: WorkerSettings, worker: int) -> list[tuple]:
+    """One Ray task: decode ``tasks`` into finished shards; return the messages of :func:`run_tasks`."""
+    messages: list[tuple] = []
+    run_tasks(tasks, settings, worker, messages.append)
+    return messages
+
+
+def _run_ray(todo: list[Task], settings: WorkerSettings, address: str, workers: int,
+             handle: Callable[[tuple], None], log: Callable[[str], None]) -> None:
+    """Decode ``todo`` as Ray tasks of ``settings.shard_videos`` videos each."""
+    try:
+        import ray
+    except ImportError as error:
+        raise ValueError("--ray needs Ray: pip install 'flowaction[ray]'") from error
+    started_here = not ray.is_initialized()
+    if started_here:
+        if address == "local":
+            ray.init(num_cpus=max(workers, 1), include_dashboard=False, log_to_driver=False)
+        else:
+            ray.init(address=address, log_to_driver=False)
+    try:
+        remote = ray.remote(num_cpus=1)(_ray_task)
+        chunks = [todo[i : i + settings.shard_videos] for i in range(0, len(todo), settings.shard_videos)]
+        log(f"ray: {len(todo)} videos in {len(chunks)} tasks on {ray.cluster_resources().get('CPU', 0):.0f} CPUs")
+        # task k writes shards named ...-w{k}-...: distinct across tasks, whatever node runs them
+        pending = {remote.remote(chunk, settings, k): k for k, chunk in enumerate(chunks)}
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            for ref in done:
+                pending.pop(ref)
+                for message in ray.get(ref):
+                    if message[0] != "start":
+                        handle(message)
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
 def _tag(worker: int, emit: Callable[[tuple], None]) -> Callable[[tuple], None]:
     return lambda message: emit((message[0], worker, *message[1:]))
 
@@ -270,6 +308,7 @@ def prepare(
     log: Callable[[str], None] | None = None,
     min_classes: int = 2,
     decoder: Callable | None = None,
+    ray_address: str | None = None,
 ) -> dict:
     """Decode the videos of a data set into the clip cache ``out``; resumable. Returns the report.
 
@@ -289,6 +328,10 @@ def prepare(
             (UCF101 by whole groups); 0 keeps the official train / test protocol.
         train_list, val_list: folder kind: the user's own split lists (``<class>/<file>`` lines).
         method, threads: decoding options (see ``data/decode.py``).
+        ray_address: spread the videos over a Ray cluster (``auto``, ``ray://HOST:PORT``, or
+            ``local`` for a Ray instance started here with ``workers`` CPUs): one task per
+            ``shard_videos`` videos, each writing finished shards into ``out``, which must be storage
+            every node of the cluster sees. Index, report, resume and skip rules are the local ones.
         decoder: replaces ``decode_gray`` (same signature; a module-level function). With
             ``workers`` >= 2 a decoder that crashes its process (segfault) costs only that video:
             it is reported as skipped and the others are prepared.
@@ -356,6 +399,9 @@ def prepare(
             bar.update(1)
 
     try:
+        if ray_address is not None:
+            _run_ray(todo, settings, ray_address, workers, handle, log)
+            todo = []
         count = min(workers, len(todo))
         if count == 1:  # in this process: a decoder crash here stops prepare (workers >= 2 isolate it)
             run_tasks(todo, settings, 0, lambda message: message[0] == "start" or handle(message))
