@@ -110,3 +110,28 @@ def test_init_from_a_flowaction_checkpoint_of_another_class_count_and_clear_erro
     (tmp_path / "junk.pth").write_bytes(b"junk" * 10)
     with pytest.raises(ValueError, match="not a readable checkpoint"):
         initialise_from(model, tmp_path / "junk.pth", "learned")
+
+
+def test_bad_arguments_are_one_clear_line_and_exit_code_2(tmp_path, capsys):
+    out = str(tmp_path / "out")
+    cases = [
+        ["train", "--out", out, "optim.lr=abc"],  # wrong type
+        ["train", "--out", out, "optim.epochs=-1"],  # out of range
+        ["train", "--out", out, "data.crop=1000"],  # larger than the frames
+        ["train", "--out", out, "model.input=frames", "optim.flow_pretrain_epochs=2"],  # conflicting
+        ["train", "--out", out, "model.input=dis", "model.flow_init=default"],  # conflicting
+        ["train", "--out", out, "optim.amp=fp8"],  # not a choice
+        ["eval", "--checkpoint", str(tmp_path / "none.pt"), "--data", str(tmp_path), "--out", out],
+        ["predict", str(tmp_path / "none.mp4"), "--checkpoint", str(tmp_path / "none.pt")],
+        ["predict", str(tmp_path), "--checkpoint", str(tmp_path / "none.pt"), "--top-k", "0"],
+        ["prepare", "ucf101", "--root", str(tmp_path / "missing"), "--out", out],
+        ["ablate", "--runs", "learned,nosuch", "--seeds", "1", "--out", out],
+        ["pretrain-flow", "--out", out, "--data", str(tmp_path / "a"), "--videos", str(tmp_path / "b")],
+        ["export", "--checkpoint", str(tmp_path / "none.pt"), "--out", str(tmp_path / "m.onnx")],
+        ["demo", "--out", out, "--preset", "nosuch"],
+    ]
+    for argv in cases:
+        assert main(argv) == 2, argv
+        error = capsys.readouterr().err.strip()
+        assert len(error.splitlines()) == 1 and error.startswith("flowaction "), (argv, error)
+        assert "Traceback" not in error

@@ -52,7 +52,11 @@ SWEEP_RUNS = ("learned", "frames", "dis")
 def variant_config(base: Config, variant: str, seed: int, extra: list[str] | None = None) -> Config:
     """``base`` with a variant's overrides, a seed and any ``extra`` overrides."""
     if variant not in VARIANTS:
-        raise ValueError(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
+        from flowaction.config import nearest
+
+        near = nearest(variant, list(VARIANTS))
+        hint = f"did you mean {' or '.join(near)}? " if near else ""
+        raise ValueError(f"unknown variant {variant!r}; {hint}(variants: {', '.join(VARIANTS)})")
     half = max(1, base.optim.epochs // 2)
     overrides = [o.format(half=half) for o in VARIANTS[variant]] + [f"seed={seed}"] + list(extra or [])
     return from_dict(to_dict(base), overrides)
@@ -198,6 +202,7 @@ def run_ablation(
     command: str = "",
     log=print,
     summary_only: bool = False,
+    progress: bool = True,
 ) -> Path:
     """Run every (variant, seed), then the sweep, then write the summary. Returns results.md.
 
@@ -208,9 +213,9 @@ def run_ablation(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     base = load_config(config, list(overrides or []) + [f"data.synthetic_dir={out / 'data'}"])
-    cache = open_data(base, out)
     for variant in variants + list(sweep_variants or []):
-        variant_config(base, variant, 0)  # fail on a typo before any run starts
+        variant_config(base, variant, 0)  # fail on a typo before any data or run is made
+    cache = open_data(base, out, progress=progress)
     results: dict[str, list[dict]] = {}
     for variant in variants:
         results[variant] = []

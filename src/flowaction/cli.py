@@ -154,7 +154,7 @@ def _ablate_locked(args: argparse.Namespace, split) -> int:
         [int(n) for n in split(args.sweep)] if args.sweep else None,
         split(args.sweep_runs) if args.sweep_runs else None,
         args.keep_checkpoints, command="flowaction " + " ".join(a for a in (sys.argv[1:] if args.argv is None else args.argv) if a != "--summary-only"),
-        summary_only=args.summary_only,
+        summary_only=args.summary_only, progress=_progress(args),
     )
     print(path.read_text())
     return 0
@@ -431,6 +431,7 @@ def build_parser() -> argparse.ArgumentParser:
     ablate.add_argument("--sweep-runs", default="", help="variants of the sweep (default learned,frames,dis)")
     ablate.add_argument("--keep-checkpoints", action="store_true")
     ablate.add_argument("--summary-only", action="store_true", help="train nothing; summarise the finished runs")
+    ablate.add_argument("--no-progress", action="store_true", help="no progress bars (also off when not a terminal)")
     _add_overrides(ablate)
     ablate.set_defaults(func=_cmd_ablate, argv=None)
 
