@@ -135,3 +135,28 @@ def test_bad_arguments_are_one_clear_line_and_exit_code_2(tmp_path, capsys):
         error = capsys.readouterr().err.strip()
         assert len(error.splitlines()) == 1 and error.startswith("flowaction "), (argv, error)
         assert "Traceback" not in error
+
+
+def test_a_full_disk_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path, monkeypatch):
+    import errno
+
+    import torch
+
+    from flowaction.checkpoint import load_checkpoint, save_checkpoint
+
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, {"model": {"w": torch.ones(3)}, "config": {}, "classes": ["a"]})
+    before = path.read_bytes()
+    real_save = torch.save
+
+    def full_disk(obj, target, *args, **kwargs):
+        with open(target, "wb") as handle:
+            handle.write(b"half a checkpoint")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(OSError, match="No space left on device.*previous last.pt, if any, is intact"):
+        save_checkpoint(path, {"model": {"w": torch.zeros(3)}, "config": {}, "classes": ["a"]})
+    monkeypatch.setattr(torch, "save", real_save)
+    assert path.read_bytes() == before and torch.equal(load_checkpoint(path)["model"]["w"], torch.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no half-written file left behind

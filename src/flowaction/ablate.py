@@ -140,12 +140,16 @@ def summarise(results: dict[str, list[dict]], sweep: dict[str, dict[int, list[di
         for variant, by_size in sweep.items():
             cells = [_fmt(_stats([r["clip_accuracy"] for r in by_size.get(n, [])]), 100) for n in sizes]
             lines.append(f"| {variant} | " + " | ".join(cells) + " |")
-    (out / "results.md").write_text("\n".join(lines) + "\n")
+    tmp = out / ".results.md.tmp"
+    tmp.write_text("\n".join(lines) + "\n")
+    tmp.replace(out / "results.md")
     _plot(results, sweep, out)
 
 
 def _plot(results, sweep, out: Path) -> None:
     import matplotlib
+
+    from flowaction.plots import save_figure
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -172,7 +176,7 @@ def _plot(results, sweep, out: Path) -> None:
             ax.tick_params(axis="x", rotation=60)
             ax.grid(axis="y", alpha=0.3)
         fig.tight_layout()
-        fig.savefig(out / "ablation.png", dpi=110)
+        save_figure(fig, out / "ablation.png", dpi=110)
         plt.close(fig)
     if sweep:
         fig, ax = plt.subplots(figsize=(5, 3.8))
@@ -186,7 +190,7 @@ def _plot(results, sweep, out: Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend()
         fig.tight_layout()
-        fig.savefig(out / "sample_efficiency.png", dpi=110)
+        save_figure(fig, out / "sample_efficiency.png", dpi=110)
         plt.close(fig)
 
 

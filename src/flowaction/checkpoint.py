@@ -28,7 +28,11 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save({"format": CHECKPOINT_FORMAT, **state}, tmp)
+    try:
+        torch.save({"format": CHECKPOINT_FORMAT, **state}, tmp)
+    except (OSError, RuntimeError) as error:  # e.g. a full disk: the previous file is untouched
+        tmp.unlink(missing_ok=True)
+        raise OSError(f"writing {path} failed ({error}); the previous {path.name}, if any, is intact") from error
     os.replace(tmp, path)
 
 

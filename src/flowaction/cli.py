@@ -493,9 +493,13 @@ def main(argv: list[str] | None = None) -> int:
         args.argv = argv
     try:
         return args.func(args)
-    except (ConfigError, FileNotFoundError, FileExistsError, ValueError) as error:
+    except (ConfigError, OSError, ValueError) as error:  # OSError: missing paths, a full disk, ...
         print(f"flowaction {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        hint = " (continue with --resume)" if args.command in ("train", "demo", "pretrain-flow") else ""
+        print(f"flowaction {args.command}: interrupted{hint}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

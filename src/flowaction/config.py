@@ -293,5 +293,8 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
 
 def save_config(cfg: Config, path: str | Path) -> None:
     """Write the fully resolved config as YAML."""
-    with open(path, "w") as handle:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as handle:
         yaml.safe_dump(to_dict(cfg), handle, sort_keys=False)
+    tmp.replace(path)

@@ -2,9 +2,19 @@
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 
 import numpy as np
+
+
+def save_figure(fig, path: str | Path, **kwargs) -> None:
+    """``fig.savefig`` to a temporary file renamed into place: a reader (or a crash) never sees
+    half a PNG, and an interrupted write keeps the previous picture."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fig.savefig(tmp, format=kwargs.pop("format", path.suffix.lstrip(".") or "png"), **kwargs)
+    os.replace(tmp, path)
 
 
 def _pyplot():
@@ -72,7 +82,7 @@ def plot_curves(csv_path: str | Path, png_path: str | Path, xlabel: str = "epoch
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(png_path, dpi=110)
+    save_figure(fig, png_path, dpi=110)
     plt.close(fig)
 
 
@@ -98,5 +108,5 @@ def plot_confusion(confusion: np.ndarray, classes: list[str], png_path: str | Pa
     if title:
         ax.set_title(title)
     fig.tight_layout()
-    fig.savefig(png_path, dpi=110)
+    save_figure(fig, png_path, dpi=110)
     plt.close(fig)

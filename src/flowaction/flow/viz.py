@@ -236,7 +236,9 @@ def flow_panel(
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     out = Path(path)
-    fig.savefig(out, format="png")
+    tmp = out.with_name(f".{out.name}.tmp")
+    fig.savefig(tmp, format="png")
+    os.replace(tmp, out)
     return out
 
 
