@@ -266,3 +266,33 @@ def test_mixed_precision_keeps_the_flow_losses_in_float32(data_dir, tmp_path, am
         summary = fit(cfg, cache, tmp_path / amp, progress=False, log=lambda *_: None)
         assert summary["steps"] == 6
         assert load_checkpoint(tmp_path / amp / "last.pt")["scaler"]["scale"] > 0
+
+
+def _check_config(rank: int, port: int, texts: list[str], results) -> None:
+    import torch.distributed as dist
+
+    from flowaction import distributed
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        distributed.same_everywhere(distributed.Context(rank, 2), texts[rank], "config")
+        results.put((rank, "same"))
+    except ValueError as error:
+        results.put((rank, str(error)))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("texts,same", [(["a", "a"], True), (["a", "b"], False)])
+def test_ranks_with_another_config_stop_with_one_clear_error(texts, same):
+    import torch.multiprocessing as mp
+
+    context = mp.get_context("spawn")
+    results = context.SimpleQueue()
+    mp.start_processes(_check_config, args=(_free_port(), texts, results), nprocs=2, start_method="spawn")
+    answers = dict(results.get() for _ in range(2))
+    if same:
+        assert answers == {0: "same", 1: "same"}
+    else:  # every rank stops, with the same message naming the ranks that differ
+        assert answers[0] == answers[1] and "ranks [1] have another config than rank 0" in answers[0]
