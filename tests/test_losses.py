@@ -61,3 +61,47 @@ def test_joint_loss_combines_the_terms_with_their_weights():
     cur = frames[:, :, [1, 3, 5]].transpose(1, 2).flatten(0, 1)
     direct = photometric_loss(prev, cur, flows.transpose(1, 2).flatten(0, 1))
     assert torch.allclose(terms["photometric"], direct)
+
+
+def test_census_and_ssim_terms_ignore_a_brightness_change_that_charbonnier_pays_for():
+    from flowaction.losses import photometric_loss
+
+    generator = torch.Generator().manual_seed(0)
+    prev = torch.rand(2, 1, 24, 24, generator=generator) * 0.6 + 0.2
+    cur = prev + 0.15  # the light changed; nothing moved
+    zero = torch.zeros(2, 2, 24, 24)
+    charbonnier = float(photometric_loss(prev, cur, zero, term="charbonnier"))
+    census = float(photometric_loss(prev, cur, zero, term="census"))
+    ssim = float(photometric_loss(prev, cur, zero, term="ssim"))
+    # census: only the Charbonnier floor (eps^2)^alpha = 0.002 is left
+    assert charbonnier > 0.1 and census < 0.01 and ssim < 0.25 * charbonnier
+
+
+def test_edge_aware_smoothness_lets_the_flow_break_at_an_image_edge():
+    from flowaction.losses import smoothness_loss
+
+    image = torch.zeros(1, 1, 16, 16)
+    image[..., 8:] = 1.0  # an edge between columns 7 and 8
+    flow = torch.zeros(1, 2, 16, 16)
+    flow[:, 0, :, 8:] = 2.0  # the flow breaks exactly there
+    plain = float(smoothness_loss(flow, image=image, edge_weight=0.0))
+    aware = float(smoothness_loss(flow, image=image, edge_weight=10.0))
+    assert aware < 0.1 * plain
+    moved = torch.zeros(1, 2, 16, 16)
+    moved[:, 0, :, 4:] = 2.0  # a break where the image is flat is not excused
+    assert float(smoothness_loss(moved, image=image, edge_weight=10.0)) == pytest.approx(plain, rel=0.01)
+
+
+def test_occlusion_masks_leave_out_pixels_that_fail_the_forward_backward_check():
+    from flowaction.losses import forward_backward_visibility, photometric_loss
+
+    generator = torch.Generator().manual_seed(1)
+    prev, cur = torch.rand(1, 1, 16, 16, generator=generator), torch.rand(1, 1, 16, 16, generator=generator)
+    forward = torch.zeros(1, 2, 16, 16)
+    backward = torch.zeros(1, 2, 16, 16)
+    backward[:, 0, :, :8] = 3.0  # inconsistent on the left half: occluded there
+    visible = forward_backward_visibility(forward, backward)
+    assert visible[..., :8].max() == 0 and visible[..., 8:].min() == 1
+    masked = float(photometric_loss(prev, cur, forward, extra_mask=visible))
+    right_half = float(photometric_loss(prev[..., 8:], cur[..., 8:], forward[..., 8:]))
+    assert masked == pytest.approx(right_half, rel=1e-4)  # the occluded half does not count
