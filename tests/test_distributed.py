@@ -296,3 +296,22 @@ def test_ranks_with_another_config_stop_with_one_clear_error(texts, same):
         assert answers == {0: "same", 1: "same"}
     else:  # every rank stops, with the same message naming the ranks that differ
         assert answers[0] == answers[1] and "ranks [1] have another config than rank 0" in answers[0]
+
+
+@pytest.mark.slow  # torch.compile spends about 100 s compiling on this CPU
+def test_compiled_training_step_matches_eager(data_dir, tmp_path):
+    import csv
+
+    runs = {}
+    for name, extra in (("eager", []), ("compiled", ["optim.compile=true"])):
+        cfg = _cfg(data_dir, "optim.steps=1", "augment.noise_std=0", *extra)
+        fit(cfg, open_data(cfg, data_dir.parent), tmp_path / name, progress=False, log=lambda *_: None)
+        with open(tmp_path / name / "metrics.csv") as handle:
+            runs[name] = next(row for row in csv.DictReader(handle) if row["split"] == "train")
+    # the same forward pass: the loss of the one step agrees (compiled kernels sum in another order)
+    for term in ("total", "classification", "photometric", "smoothness"):
+        assert float(runs["compiled"][term]) == pytest.approx(float(runs["eager"][term]), rel=1e-4), term
+    eager, compiled = (load_checkpoint(tmp_path / name / "last.pt")["model"] for name in ("eager", "compiled"))
+    for key, value in eager.items():  # one Adam step of lr 1e-3 apart at most
+        if value.is_floating_point():
+            torch.testing.assert_close(compiled[key], value, atol=2e-3, rtol=0)

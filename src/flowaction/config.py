@@ -115,6 +115,7 @@ class OptimConfig:
     accumulate: int = 1  # batches whose gradients make one optimiser step (effective batch x N)
     nonfinite: str = "stop"  # a NaN / inf loss: stop (keeping the last good checkpoint) or skip the step
     amp: str = "off"  # mixed precision of the networks: off, bf16 or fp16 (GradScaler); losses stay fp32
+    compile: bool = False  # torch.compile the training step (minutes of compilation first; for long runs)
 
 
 @dataclass

@@ -252,8 +252,8 @@ def train_one_epoch(
     from flowaction import distributed
 
     context = context or distributed.Context()
-    runner = runner or _Step(model)
-    scaler = scaler or make_scaler(cfg, device)
+    runner = runner if runner is not None else _Step(model)
+    scaler = scaler if scaler is not None else make_scaler(cfg, device)
     model.train()
     weights, freeze_flow = stage_weights(cfg, epoch)
     if freeze_flow:
@@ -425,6 +425,8 @@ def fit(
         runner = torch.nn.parallel.DistributedDataParallel(
             runner, device_ids=[device.index] if device.type == "cuda" else None,
             find_unused_parameters=cfg.optim.flow_pretrain_epochs > 0 or cfg.model.input == "frames")
+    if cfg.optim.compile:  # after the DDP wrapper, as PyTorch recommends; the model's weights are shared
+        runner = torch.compile(runner)
     logger = RunLogger(out) if context.main else None
     batches = len(train_loader)
     total_steps, epochs = training_length(cfg, steps_per_epoch(cfg, batches))
