@@ -1,6 +1,7 @@
 """predict, the streaming Recognizer, stream and export on a tiny model trained on real video files."""
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -73,7 +74,7 @@ def test_predict_command_with_timeline_flow_pictures_and_json(trained, tmp_path,
     assert [round(s["start_s"], 2) for s in first["timeline"]] == [0.0, 0.4, 0.8]
     assert first["timeline"][-1]["end_s"] == pytest.approx(24 / 25)
     for path in first["flow_pictures"]:
-        assert (tmp_path / "flows").samefile(__import__("pathlib").Path(path).parent)
+        assert (tmp_path / "flows").samefile(Path(path).parent)
     assert (tmp_path / "flows" / "jump0_flow.png").is_file() and (tmp_path / "flows" / "jump0_flow.gif").is_file()
 
 

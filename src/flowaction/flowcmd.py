@@ -105,7 +105,7 @@ def read_video_frames(
         flowaction.data.decode.DecodeError: the file is not a decodable video.
         ValueError: impossible sizes.
     """
-    from flowaction.data.decode import decode_gray, frame_size_for, probe
+    from flowaction.data.decode import centre_crop, decode_gray, frame_size_for, probe
 
     video = Path(video)
     if not video.is_file():
@@ -122,8 +122,7 @@ def read_video_frames(
     decoded = decode_gray(video, size)
     frames = decoded.frames[:max_frames] if max_frames else decoded.frames
     if crop:
-        top, left = (size[0] - crop) // 2, (size[1] - crop) // 2
-        frames = frames[:, top : top + crop, left : left + crop]
+        frames = centre_crop(frames, crop, crop)
     return VideoFrames(np.ascontiguousarray(frames), decoded.fps, (height, width), size, short_side, crop)
 
 

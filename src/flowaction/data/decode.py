@@ -56,9 +56,10 @@ def cover_size(height: int, width: int, out_h: int, out_w: int) -> tuple[int, in
     return max(out_h, int(round(height * scale))), max(out_w, int(round(width * scale)))
 
 
-def _crop(image: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
-    top, left = (image.shape[0] - out_h) // 2, (image.shape[1] - out_w) // 2
-    return image[top : top + out_h, left : left + out_w]
+def centre_crop(image: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
+    """The centre ``out_h x out_w`` of an image or a stack of them (the last two axes)."""
+    top, left = (image.shape[-2] - out_h) // 2, (image.shape[-1] - out_w) // 2
+    return image[..., top : top + out_h, left : left + out_w]
 
 
 # A conversion maps (frame, (cover_h, cover_w), state) to a gray uint8 image of the cover size.
@@ -168,7 +169,7 @@ def decode_gray(
                 if (frame.height, frame.width) != shape:  # a stream may change size midway
                     shape = (frame.height, frame.width)
                     cover = cover_size(frame.height, frame.width, out_h, out_w)
-                frames.append(np.ascontiguousarray(_crop(convert(frame, cover, state), out_h, out_w)))
+                frames.append(np.ascontiguousarray(centre_crop(convert(frame, cover, state), out_h, out_w)))
         except Exception as error:
             reason = f"decoding failed after {len(frames)} frames ({type(error).__name__}: {error})"
             raise DecodeError(reason) from error

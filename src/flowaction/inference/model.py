@@ -16,6 +16,9 @@ import numpy as np
 import torch
 
 from flowaction.config import LEARNED_INPUTS, Config, from_dict
+from flowaction.data.decode import centre_crop, cover_size
+from flowaction.forward import classical_stack
+from flowaction.models.joint import num_triplets
 
 ONNX_SUFFIXES = (".onnx",)
 TORCH_EXPORT_SUFFIXES = (".pt2",)
@@ -77,8 +80,6 @@ class InferenceModel:
         uint8 gray, as training saw it."""
         import cv2
 
-        from flowaction.data.decode import cover_size
-
         frame = np.asarray(frame)
         if frame.ndim == 3 and frame.shape[2] == 3:
             frame = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
@@ -91,15 +92,14 @@ class InferenceModel:
         out_h, out_w = self.frame_size
         cover = cover_size(frame.shape[0], frame.shape[1], out_h, out_w)
         resized = cv2.resize(frame, (cover[1], cover[0]), interpolation=cv2.INTER_AREA)
-        return self.centre_crop(_crop(resized, out_h, out_w))
+        return self.centre_crop(centre_crop(resized, out_h, out_w))
 
     def centre_crop(self, frames: np.ndarray) -> np.ndarray:
         """Frames at the stored size ``(..., H, W)`` -> their centre ``crop x crop``."""
         height, width = frames.shape[-2:]
         if self.crop > min(height, width):
             raise ValueError(f"crop {self.crop} exceeds the frame size {height}x{width}")
-        top, left = (height - self.crop) // 2, (width - self.crop) // 2
-        return frames[..., top : top + self.crop, left : left + self.crop]
+        return centre_crop(frames, self.crop, self.crop)
 
     # -- the network ---------------------------------------------------------------------------
 
@@ -140,9 +140,6 @@ class InferenceModel:
 
     def logits(self, clips: np.ndarray) -> np.ndarray:
         """Logits ``(B, K)`` of whole clips ``(B, T, crop, crop)`` uint8, every input kind."""
-        from flowaction.forward import classical_stack
-        from flowaction.models.joint import num_triplets
-
         frames = _clip_tensor(clips)
         if self.graphs:
             if self.input in ("dis", "farneback"):
@@ -161,11 +158,6 @@ class InferenceModel:
 
 def _clip_tensor(clips: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(clips, dtype=np.float32) / 255.0)[:, None]
-
-
-def _crop(image: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
-    top, left = (image.shape[0] - out_h) // 2, (image.shape[1] - out_w) // 2
-    return image[top : top + out_h, left : left + out_w]
 
 
 def stored_frame_size(state: dict, cfg: Config) -> tuple[int, int]:

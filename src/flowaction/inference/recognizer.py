@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from flowaction.inference.model import InferenceModel, load_model
-from flowaction.inference.predict import softmax
+from flowaction.inference.predict import softmax, top_k
+from flowaction.models.joint import num_triplets
 
 
 @dataclass
@@ -65,6 +66,8 @@ class Recognizer:
         self._flows: OrderedDict[int, np.ndarray] = OrderedDict()  # first frame of a pair -> its flow
         self.pushed = 0
         self.flow_computations = 0  # triplets (or pairs) put through the flow computation
+        # the clip's triplets start at these offsets from its first frame (the stacked flows' pairs)
+        self._pair_offsets = [j * model.stride for j in range(num_triplets(model.num_frames, model.stride))]
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "cpu", every: int = 1, top_k: int = 5) -> "Recognizer":
@@ -92,8 +95,8 @@ class Recognizer:
         if self.pushed < self.model.span or (self.pushed - self.model.span) % self.every:
             return None
         scores = softmax(self._clip_logits(index))[0]
-        order = np.argsort(-scores)[: self.top_k]
-        return Prediction([self.classes[i] for i in order], [float(scores[i]) for i in order], index,
+        best = top_k(scores, self.classes, self.top_k)
+        return Prediction([item["label"] for item in best], [item["probability"] for item in best], index,
                           1000.0 * (time.perf_counter() - started), scores)
 
     # -- internals ---------------------------------------------------------------------------
@@ -128,8 +131,6 @@ class Recognizer:
         if model.input == "frames" or model.frame_step != 1:
             return model.logits(clip)
         start = newest - model.span + 1
-        from flowaction.models.joint import num_triplets
-
-        pairs = [start + j * model.stride for j in range(num_triplets(model.num_frames, model.stride))]
-        flows = np.stack([self._flows[p] for p in pairs], axis=1)[None]  # (1, 2, N, c, c)
+        flows = np.stack([self._flows[start + offset] for offset in self._pair_offsets], axis=1)  # (2, N, c, c)
+        flows = flows[None]
         return model.logits_from_flows(flows, clip)
