@@ -220,3 +220,21 @@ def test_auto_resume_starts_a_run_then_continues_it(tmp_path, data_dir, capsys):
     assert main(["train", "--out", str(out), "--auto-resume", "optim.epochs=2"]) == 0
     assert "resumed from" in capsys.readouterr().out
     assert len((out / "metrics.csv").read_text().splitlines()) == 1 + 4
+
+
+def test_every_option_of_every_command_has_help_text():
+    import argparse
+
+    from flowaction.cli import build_parser
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    missing = []
+    for name, sub in commands.choices.items():
+        for action in sub._actions:
+            if isinstance(action, argparse._HelpAction):
+                continue
+            if not (action.help or "").strip():
+                missing.append(f"{name} {action.option_strings[0] if action.option_strings else action.dest}")
+    assert len(commands.choices) >= 10
+    assert not missing, f"options without help text: {', '.join(missing)}"

@@ -1,4 +1,5 @@
 """Results that can be trusted and folders that are not shared by accident."""
+import torch
 import numpy as np
 import pytest
 
@@ -160,3 +161,41 @@ def test_a_full_disk_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path,
     monkeypatch.setattr(torch, "save", real_save)
     assert path.read_bytes() == before and torch.equal(load_checkpoint(path)["model"]["w"], torch.ones(3))
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no half-written file left behind
+
+
+def test_weights_of_another_model_or_class_count_are_refused_naming_what_differs(tmp_path):
+    from flowaction.checkpoint import load_weights
+    from flowaction.config import load_config
+    from flowaction.train import build_model
+
+    cfg = load_config(None, ["model.depth=10", "model.flow_width=8"])
+    eight = build_model(cfg, 8)
+    before = {k: v.clone() for k, v in eight.state_dict().items()}
+    ten = build_model(cfg, 10).state_dict()
+    with pytest.raises(ValueError, match=r"ckpt\.pt holds weights of another model: it classifies 10 classes, "
+                                         r"the model 8\."):
+        load_weights(eight, ten, tmp_path / "ckpt.pt")
+    deeper = build_model(load_config(None, ["model.depth=18", "model.flow_width=8"]), 8).state_dict()
+    with pytest.raises(ValueError, match=r"weight\(s\) the model does not have \(e\.g\. action_net\.layer"):
+        load_weights(eight, deeper, "deeper.pt")
+    wider = build_model(load_config(None, ["model.depth=10", "model.flow_width=16"]), 8).state_dict()
+    with pytest.raises(ValueError, match=r"of another shape \(e\.g\. flow_net\.\S+: \(16, "):
+        load_weights(eight, wider, "wider.pt")
+    frames = build_model(load_config(None, ["model.depth=10", "model.input=frames"]), 8).state_dict()
+    with pytest.raises(ValueError, match=r"weight\(s\) of the model missing from it \(e\.g\. flow_net\."):
+        load_weights(eight, frames, "frames.pt")
+    # nothing was loaded by a refused call; a fitting one loads strictly
+    assert all(torch.equal(before[k], v) for k, v in eight.state_dict().items())
+    twin = build_model(cfg, 8)
+    load_weights(twin, eight.state_dict(), "same.pt")
+    assert all(torch.equal(eight.state_dict()[k], v) for k, v in twin.state_dict().items())
+
+
+def test_resume_with_another_model_depth_is_one_clear_line(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["demo", "--preset", "tiny", "--out", str(out), "--no-progress"]) == 0
+    capsys.readouterr()
+    code = main(["train", "--out", str(out), "--resume", "--no-progress", "model.depth=18", "optim.epochs=3"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "last.pt holds weights of another model" in err and "Traceback" not in err

@@ -51,6 +51,35 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     return state
 
 
+def load_weights(model: torch.nn.Module, weights: dict[str, Any], source: str | os.PathLike) -> None:
+    """``model.load_state_dict(weights)`` (strict), after checking that the weights fit: a
+    checkpoint of another model (depth, input, width) or for another number of classes is
+    refused with a message naming what differs, before anything is loaded."""
+    own = model.state_dict()
+    missing = [key for key in own if key not in weights]
+    unexpected = [key for key in weights if key not in own]
+    reshaped = [key for key in own if key in weights and tuple(own[key].shape) != tuple(weights[key].shape)]
+    if not (missing or unexpected or reshaped):
+        model.load_state_dict(weights)
+        return
+    problems = []
+    classifier = next((key for key in reshaped if key.endswith("fc.weight")), None)
+    if classifier is not None and own[classifier].shape[1:] == weights[classifier].shape[1:]:
+        problems.append(f"it classifies {weights[classifier].shape[0]} classes, the model "
+                        f"{own[classifier].shape[0]}")
+        reshaped = [key for key in reshaped if not key.endswith(("fc.weight", "fc.bias"))]
+    if reshaped:
+        key = reshaped[0]
+        problems.append(f"{len(reshaped)} weight(s) of another shape (e.g. {key}: {tuple(weights[key].shape)} in "
+                        f"the file, {tuple(own[key].shape)} in the model)")
+    if missing:
+        problems.append(f"{len(missing)} weight(s) of the model missing from it (e.g. {missing[0]})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} weight(s) the model does not have (e.g. {unexpected[0]})")
+    raise ValueError(f"{source} holds weights of another model: {'; '.join(problems)}. The model is built from "
+                     "the config (model.input, model.depth, model.flow_width) and the data's classes.")
+
+
 def read_torch_file(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
     """``torch.load(weights_only=True)`` with clear errors: a file carrying code is refused before
     any of it runs; a truncated or foreign file is named as such."""

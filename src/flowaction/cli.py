@@ -350,6 +350,8 @@ def _cmd_flow(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from flowaction import __version__
 
+    from flowaction.ablate import VARIANTS
+
     parser = _Parser(prog="flowaction", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"flowaction {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -365,23 +367,26 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(func=_cmd_train)
 
     evaluate = sub.add_parser("eval", help="score a checkpoint on a split of a cache")
-    evaluate.add_argument("--checkpoint", type=Path, required=True)
+    evaluate.add_argument("--checkpoint", type=Path, required=True, help="best.pt or last.pt of a run")
     evaluate.add_argument("--data", type=Path, required=True, help="prepared cache directory")
     evaluate.add_argument("--split", default=None, help="split to score (default: test if the cache has it, else val)")
-    evaluate.add_argument("--out", type=Path, required=True)
-    evaluate.add_argument("--device", default="auto")
+    evaluate.add_argument("--out", type=Path, required=True,
+                          help="output directory (eval.json, confusion.png, flows.png)")
+    evaluate.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     evaluate.add_argument("--no-progress", action="store_true", help="no progress bar (also off when not a terminal)")
     evaluate.set_defaults(func=_cmd_eval)
 
     demo = sub.add_parser("demo", help="generate the benchmark, train the joint model, report")
-    demo.add_argument("--out", type=Path, default=Path("runs/demo"))
+    demo.add_argument("--out", type=Path, default=Path("runs/demo"),
+                      help="run directory (data, checkpoints, metrics.json, pictures)")
     demo.add_argument("--preset", default="demo", help="demo (default) or tiny (seconds, for tests)")
     _add_run_dir(demo, "demo")
     _add_overrides(demo)
     demo.set_defaults(func=_cmd_demo)
 
     prep = sub.add_parser("prepare", help="decode UCF101 / HMDB51 / folder-per-class videos into a clip cache")
-    prep.add_argument("kind", choices=("ucf101", "hmdb51", "folder"))
+    prep.add_argument("kind", choices=("ucf101", "hmdb51", "folder"),
+                      help="layout of --root: ucf101, hmdb51 (with their split files) or folder (one folder per class)")
     prep.add_argument("--root", type=Path, required=True, help="the videos: ROOT/<class>/<video>")
     prep.add_argument("--out", type=Path, required=True, help="cache directory (a rerun resumes it)")
     prep.add_argument("--splits", type=Path, default=None, help="official split files (default: found near ROOT)")
@@ -410,7 +415,8 @@ def build_parser() -> argparse.ArgumentParser:
     flow.add_argument("video", type=Path, help="any video file PyAV decodes")
     flow.add_argument("--checkpoint", type=Path, default=None, help="needed for --method learned (all skips learned without one)")
     flow.add_argument("--out", type=Path, required=True, help="output directory")
-    flow.add_argument("--method", choices=("learned", "dis", "farneback", "all"), default="learned")
+    flow.add_argument("--method", choices=("learned", "dis", "farneback", "all"), default="learned",
+                      help="the checkpoint's flow network, OpenCV DIS or Farneback, or all of them side by side")
     flow.add_argument("--size", type=int, default=None, help="short side to decode at (default: the training's)")
     flow.add_argument("--crop", type=int, default=0,
                       help="centre-crop side in pixels, e.g. the checkpoint's data.crop (0: the whole frame)")
@@ -418,18 +424,22 @@ def build_parser() -> argparse.ArgumentParser:
                       help="triplet stride: 1 = a flow per frame; 'train' = the checkpoint's model.triplet_stride")
     flow.add_argument("--max-frames", type=int, default=None, help="use only the first N frames")
     flow.add_argument("--batch-size", type=int, default=32, help="triplets per forward pass")
-    flow.add_argument("--device", default="auto")
+    flow.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     flow.add_argument("--no-progress", action="store_true", help="no progress bar")
     flow.set_defaults(func=_cmd_flow)
 
     ablate = sub.add_parser("ablate", help="variants x seeds on the same data, and a data-size sweep")
-    ablate.add_argument("--config", type=Path, default=None)
-    ablate.add_argument("--runs", default="learned,frames,dis", help="comma-separated variants (see docs)")
-    ablate.add_argument("--seeds", type=int, default=3)
-    ablate.add_argument("--out", type=Path, required=True)
+    ablate.add_argument("--config", type=Path, default=None,
+                        help="base YAML config of every run (default: the built-in defaults, on generated data)")
+    ablate.add_argument("--runs", default="learned,frames,dis",
+                        help="comma-separated variants: " + ", ".join(VARIANTS))
+    ablate.add_argument("--seeds", type=int, default=3, help="runs per variant, seeds 0..N-1")
+    ablate.add_argument("--out", type=Path, required=True,
+                        help="study directory (one run per variant and seed, results.md, results.json, plots)")
     ablate.add_argument("--sweep", default="", help="training clips per class, e.g. 5,10,20,50")
     ablate.add_argument("--sweep-runs", default="", help="variants of the sweep (default learned,frames,dis)")
-    ablate.add_argument("--keep-checkpoints", action="store_true")
+    ablate.add_argument("--keep-checkpoints", action="store_true",
+                        help="keep each run's best.pt and last.pt (deleted after scoring by default)")
     ablate.add_argument("--summary-only", action="store_true", help="train nothing; summarise the finished runs")
     ablate.add_argument("--no-progress", action="store_true", help="no progress bars (also off when not a terminal)")
     _add_overrides(ablate)
@@ -454,25 +464,26 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--timeline", type=float, default=None, help="also classify every SECONDS-long segment")
     pred.add_argument("--save-flow", type=Path, default=None, help="write the flow the model saw as pictures here")
     pred.add_argument("--json", type=Path, default=None, help="write every result to this JSON file")
-    pred.add_argument("--device", default="cpu")
+    pred.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     pred.set_defaults(func=_cmd_predict)
 
     stream = sub.add_parser("stream", help="recognise actions live from a camera, file or URL")
     stream.add_argument("--checkpoint", type=Path, required=True, help="best.pt, or a file from `flowaction export`")
     stream.add_argument("--source", default="0", help="camera index, video file or stream URL")
     stream.add_argument("--every", type=int, default=1, help="predict every N frames once a clip is full")
-    stream.add_argument("--top-k", type=int, default=5)
+    stream.add_argument("--top-k", type=int, default=5, help="classes shown per prediction")
     stream.add_argument("--show", action="store_true", help="show the frames with the label in a window")
     stream.add_argument("--json", type=Path, default=None, help="write one JSON line per prediction")
     stream.add_argument("--as-fast-as-possible", action="store_true",
                         help="a file: process every frame as fast as possible instead of at its frame rate")
     stream.add_argument("--max-frames", type=int, default=None, help="stop after N processed frames")
-    stream.add_argument("--device", default="cpu")
+    stream.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     stream.set_defaults(func=_cmd_stream)
 
     export = sub.add_parser("export", help="export a checkpoint to ONNX or torch.export, checked against PyTorch")
-    export.add_argument("--checkpoint", type=Path, required=True)
-    export.add_argument("--format", choices=("onnx", "torch-export"), default="onnx")
+    export.add_argument("--checkpoint", type=Path, required=True, help="best.pt or last.pt of a run")
+    export.add_argument("--format", choices=("onnx", "torch-export"), default="onnx",
+                        help="onnx (ONNX Runtime, TensorRT) or torch-export (a .pt2 for torch.export.load)")
     export.add_argument("--out", type=Path, required=True, help="model.onnx or model.pt2 (other graphs beside it)")
     export.set_defaults(func=_cmd_export)
 

@@ -116,6 +116,7 @@ class OptimConfig:
     nonfinite: str = "stop"  # a NaN / inf loss: stop (keeping the last good checkpoint) or skip the step
     amp: str = "off"  # mixed precision of the networks: off, bf16 or fp16 (GradScaler); losses stay fp32
     compile: bool = False  # torch.compile the training step (minutes of compilation first; for long runs)
+    adam: str = "fused"  # Adam's implementation: fused (one kernel, fastest), foreach or loop (PyTorch's reference)
 
 
 @dataclass
@@ -142,6 +143,7 @@ _CHOICES = {
     "model.flow_output_init": ("zero", "random"),
     "optim.nonfinite": ("stop", "skip"),
     "optim.amp": ("off", "bf16", "fp16"),
+    "optim.adam": ("fused", "foreach", "loop"),
 }
 _POSITIVE = {
     "data.num_frames", "data.frame_step", "data.crop", "data.test_clips", "model.flow_width",

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from flowaction.checkpoint import load_checkpoint
+from flowaction.checkpoint import load_checkpoint, load_weights
 from flowaction.config import LEARNED_INPUTS, Config, from_dict, load_config
 from flowaction.data.cache import ClipCache, atomic_write_json
 from flowaction.evaluate import describe_flow_errors
@@ -41,7 +41,7 @@ def write_flow_pictures(checkpoint: Path, cache: ClipCache, split: str, out_dir:
     state = load_checkpoint(checkpoint)
     cfg = from_dict(state["config"])
     model = build_model(cfg, len(state["classes"]))
-    model.load_state_dict(state["model"])
+    load_weights(model, state["model"], checkpoint)
     model.eval()
     dataset = make_loader(cfg, cache, split, "val").dataset
     chosen, seen = [], set()

@@ -81,13 +81,13 @@ def training_short_side(cfg: Config) -> int:
 
 def load_flow_model(checkpoint: str | Path, device: torch.device) -> tuple[torch.nn.Module, Config]:
     """Rebuild the joint model of a checkpoint (from the file alone), in eval mode on ``device``."""
-    from flowaction.checkpoint import load_checkpoint
+    from flowaction.checkpoint import load_checkpoint, load_weights
     from flowaction.train import build_model
 
     state = load_checkpoint(checkpoint)
     cfg = from_dict(state["config"])
     model = build_model(cfg, len(state["classes"]))
-    model.load_state_dict(state["model"])
+    load_weights(model, state["model"], checkpoint)
     return model.to(device).eval(), cfg
 
 

@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from flowaction.checkpoint import load_checkpoint, restore_rng, rng_state, save_checkpoint
+from flowaction.checkpoint import load_checkpoint, load_weights, restore_rng, rng_state, save_checkpoint
 from flowaction.config import Config, save_config, to_dict
 from flowaction.data.cache import ClipCache
 from flowaction.data.clips import ClipDataset, ClipSpec, JitterSpec, add_input_noise
@@ -66,10 +66,7 @@ def load_flow_weights(flow_net: FlowNet, source: str | os.PathLike) -> dict:
     if width != flow_net.width:
         raise ValueError(f"{path} holds a flow network of width {width}; this model has model.flow_width="
                          f"{flow_net.width}: set model.flow_width={width} or pre-train one of that width")
-    try:
-        flow_net.load_state_dict(weights, strict=True)
-    except RuntimeError as error:
-        raise ValueError(f"{path}: flow network weights do not fit: {str(error).splitlines()[0]}") from None
+    load_weights(flow_net, weights, path)
     return state.get("meta", {})
 
 
@@ -125,7 +122,7 @@ def pretrain_flow(
     Returns the last validation metrics and the wall time.
     """
     from flowaction.plots import plot_curves
-    from flowaction.train import begin_epoch, learning_rate, loss_weights
+    from flowaction.train import adam_options, begin_epoch, learning_rate, loss_weights
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -135,12 +132,13 @@ def pretrain_flow(
         torch.set_num_threads(cfg.threads)
     flow_net = FlowNet(width=cfg.model.flow_width)
     normalise = Normalise()
-    optimizer = torch.optim.Adam(flow_net.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    optimizer = torch.optim.Adam(flow_net.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
+                                 **adam_options(cfg))
     weights = loss_weights(cfg)
     step, last = 0, out / "last.pt"
     if resume and last.is_file():
         state = load_checkpoint(last)
-        flow_net.load_state_dict(state["model"])
+        load_weights(flow_net, state["model"], last)
         optimizer.load_state_dict(state["optimizer"])
         step = state["step"]
         restore_rng(state["rng"])

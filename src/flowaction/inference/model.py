@@ -182,7 +182,7 @@ def load_model(path: str | Path, device: str = "cpu") -> InferenceModel:
         raise FileNotFoundError(f"{path} does not exist")
     if path.suffix.lower() in ONNX_SUFFIXES + TORCH_EXPORT_SUFFIXES:
         return _load_exported(path)
-    from flowaction.checkpoint import load_checkpoint
+    from flowaction.checkpoint import load_checkpoint, load_weights
     from flowaction.train import build_model, resolve_device
 
     state = load_checkpoint(path)
@@ -191,7 +191,7 @@ def load_model(path: str | Path, device: str = "cpu") -> InferenceModel:
     cfg = from_dict(state["config"])
     dev = resolve_device(device)
     model = build_model(cfg, len(state["classes"]))
-    model.load_state_dict(state["model"])
+    load_weights(model, state["model"], path)
     model.to(dev).eval()
     return InferenceModel(cfg, list(state["classes"]), stored_frame_size(state, cfg), "torch", model, dev)
 
