@@ -165,7 +165,12 @@ def hmdb51_splits(root: Path, splits_dir: Path | None = None, split: int = 1) ->
 
 def _videos_in(folder: Path) -> list[str]:
     """Names of the video files directly inside ``folder``, sorted (extensions case-insensitive)."""
-    return sorted(p.name for p in folder.iterdir() if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS)
+    try:
+        return sorted(p.name for p in folder.iterdir() if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS)
+    except PermissionError:
+        # refused rather than skipped: leaving a class out would quietly change the task
+        raise SplitError(f"cannot list {folder}: permission denied (make it readable, or move it out of the "
+                         "root if it is not a class)") from None
 
 
 def _rank(seed: int, path: str) -> str:
