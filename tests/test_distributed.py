@@ -177,15 +177,18 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _torchrun(args: list[str], out: Path, data_dir: Path, extra_env=None, timeout=240) -> subprocess.CompletedProcess:
+def _torchrun(launch: list[str], out: Path, data_dir: Path, extra_env=None, timeout=240,
+              args: list[str] = ()) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", **(extra_env or {})}
-    command = [sys.executable, "-m", "torch.distributed.run", *args, "-m", "flowaction", "train", "--out", str(out),
-               "--no-progress", *TINY, f"data.synthetic_dir={data_dir}", "optim.epochs=2"]
+    command = [sys.executable, "-m", "torch.distributed.run", *launch, "-m", "flowaction", "train", "--out", str(out),
+               "--no-progress", *TINY, f"data.synthetic_dir={data_dir}", "optim.epochs=2", *args]
     return subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout)
 
 
-def test_torchrun_two_processes_share_each_epoch_and_rank_zero_writes(data_dir, tmp_path):
-    done = _torchrun(["--standalone", "--nproc-per-node", "2"], tmp_path / "ddp", data_dir)
+def test_torchrun_two_processes_share_each_epoch_rank_zero_writes_and_one_process_reaches_the_same_weights(
+        data_dir, tmp_path):
+    # no input noise: its stream is per process by design
+    done = _torchrun(["--standalone", "--nproc-per-node", "2"], tmp_path / "ddp", data_dir, args=["augment.noise_std=0"])
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.count("epoch   1  train loss") == 1  # printed once, by rank 0
     state = load_checkpoint(tmp_path / "ddp" / "last.pt")
@@ -193,6 +196,37 @@ def test_torchrun_two_processes_share_each_epoch_and_rank_zero_writes(data_dir, 
     assert state["step"] == 6
     rows = (tmp_path / "ddp" / "metrics.csv").read_text().splitlines()
     assert len(rows) == 1 + 4
+    # One process with the same global batch of 8: each step accumulates the two processes' batches
+    # of 4 (batch norm normalises each process's batch on its own, so the reference does too).
+    cfg = _cfg(data_dir, "augment.noise_std=0", "optim.accumulate=2", "optim.epochs=2")
+    cache = open_data(cfg, data_dir.parent)
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg, len(cache.classes))
+    initial = {name: value.detach().clone() for name, value in model.named_parameters()}
+    optimizer = build_optimizer(cfg, model)
+    dataset = make_loader(cfg, cache, "train", "train", shuffle=True).dataset
+    step = 0
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each process (threads=1): the same sums in the same order
+    for epoch in range(2):
+        shares = []
+        for rank in (0, 1):
+            sampler = EpochSampler(len(dataset), True, cfg.seed, rank, 2, 4)
+            sampler.set_epoch(epoch)
+            shares.append([(epoch, int(i)) for i in sampler.share()])
+        order = [item for k in range(3) for share in shares for item in share[4 * k: 4 * k + 4]]
+        loader = torch.utils.data.DataLoader(dataset, batch_size=4, sampler=order)
+        dataset.set_epoch(epoch)
+        _, step = train_one_epoch(model, loader, optimizer, cfg, torch.device("cpu"), epoch, step, 6, progress=False)
+    torch.set_num_threads(threads)
+    assert step == 6
+    # Adam divides by the root of the squared gradient, so entries whose gradient is ~0 (the flow
+    # network behind its zero-initialised output layer) turn float rounding into whole steps: each
+    # tensor's update is compared as a whole
+    for name, value in model.named_parameters():
+        update = value.detach() - initial[name]
+        gap = (state["model"][name] - value.detach()).norm()
+        assert gap <= 1e-3 * update.norm() + 1e-8, (name, float(gap), float(update.norm()))
 
 
 def test_two_nodes_on_localhost_through_the_rendezvous_endpoint(data_dir, tmp_path):
