@@ -4,7 +4,10 @@ and one process against two (DistributedDataParallel over gloo), on this machine
 Each variant does ``--steps`` timed Adam steps (after one untimed) on random input of the default clip
 (16 frames, 56 x 56, ResNet-18, batch ``--batch``) through the trainer's own forward pass and loss
 (:func:`flowaction.forward.forward_batch`); the median step time gives clips/s. Ratios are taken
-within the same run. Run::
+within the same run. Two further tables compare alternatives within one run, alternating them so
+that a busy machine slows both alike: Adam's three implementations (``optim.adam``: one optimiser
+step of the ResNet-10 and ResNet-18 joint models), and the 3D ResNet's memory layout (contiguous
+against channels-last 3D, whole training steps). Run::
 
     .venv/bin/python benchmarks/bench_train.py --steps 5 --out benchmarks/results/train
 """
@@ -36,11 +39,14 @@ def _batch(cfg, batch: int, flows: bool) -> dict:
     return out
 
 
-def step_times(model_input: str, batch: int, steps: int, threads: int, runner=None, cfg_extra=()) -> list[float]:
+def step_times(model_input: str, batch: int, steps: int, threads: int, runner=None, cfg_extra=(),
+               channels_last: bool = False) -> list[float]:
     torch.set_num_threads(threads)
     cfg = load_config(None, [f"model.input={model_input}", "model.classical_on=clean", *cfg_extra])
     torch.manual_seed(0)
     model = build_model(cfg, 101)
+    if channels_last:
+        model.action_net.to(memory_format=torch.channels_last_3d)
     optimizer = build_optimizer(cfg, model)
     runner = runner(model) if runner else None
     data = _batch(cfg, batch, model_input in ("dis", "farneback"))
@@ -57,6 +63,34 @@ def step_times(model_input: str, batch: int, steps: int, threads: int, runner=No
         if index:  # the first step pays one-time costs
             times.append(time.perf_counter() - started)
     return times
+
+
+def adam_times(depth: int, reps: int, threads: int) -> dict[str, float]:
+    """Median seconds of one Adam step per ``optim.adam`` implementation, on random gradients."""
+    torch.set_num_threads(threads)
+    cfg = load_config(None, [f"model.depth={depth}"])
+    model = build_model(cfg, 101)
+    for parameter in model.parameters():
+        parameter.grad = torch.randn_like(parameter)
+    optimizers = {impl: build_optimizer(load_config(None, [f"model.depth={depth}", f"optim.adam={impl}"]), model)
+                  for impl in ("fused", "foreach", "loop")}
+    times: dict[str, list[float]] = {impl: [] for impl in optimizers}
+    for index in range(reps + 1):
+        for impl, optimizer in optimizers.items():  # alternating: a busy machine slows all alike
+            started = time.perf_counter()
+            optimizer.step()
+            if index:
+                times[impl].append(time.perf_counter() - started)
+    return {impl: statistics.median(values) for impl, values in times.items()}
+
+
+def layout_times(model_input: str, batch: int, steps: int, threads: int, rounds: int = 3) -> dict[str, float]:
+    """Median training-step seconds with the 3D ResNet contiguous and channels-last 3D."""
+    times: dict[str, list[float]] = {"contiguous": [], "channels_last_3d": []}
+    for _ in range(rounds):
+        for layout in times:
+            times[layout] += step_times(model_input, batch, steps, threads, channels_last=layout != "contiguous")
+    return {layout: statistics.median(values) for layout, values in times.items()}
 
 
 def _ddp_worker(rank: int, world: int, port: int, batch: int, steps: int, queue) -> None:
@@ -114,6 +148,20 @@ def main(argv: list[str] | None = None) -> int:
           f"{ddp / single:.2f}x clips/s")
     results["joint_overhead"] = joint / flows
     results["ddp_speedup_2_over_1"] = ddp / single
+    print(f"\n{'Adam step (ms)':30s} {'fused':>8s} {'foreach':>8s} {'loop':>8s} {'loop/fused':>11s}")
+    results["adam_step_s"] = {}
+    for depth in (10, 18):
+        adam = adam_times(depth, 10, args.threads)
+        results["adam_step_s"][f"resnet{depth}"] = adam
+        print(f"{f'joint model, ResNet-{depth}':30s} {1000 * adam['fused']:8.1f} {1000 * adam['foreach']:8.1f} "
+              f"{1000 * adam['loop']:8.1f} {adam['loop'] / adam['fused']:10.2f}x")
+    print(f"\n{'training step (s)':40s} {'contiguous':>11s} {'channels-last':>14s} {'ratio':>6s}")
+    results["layout_step_s"] = {}
+    for name, model_input in (("joint (learned flow)", "learned"), ("ResNet-18 on precomputed flows", "dis")):
+        layout = layout_times(model_input, args.batch, args.steps, args.threads)
+        results["layout_step_s"][name] = layout
+        print(f"{name:40s} {layout['contiguous']:11.3f} {layout['channels_last_3d']:14.3f} "
+              f"{layout['channels_last_3d'] / layout['contiguous']:5.2f}x")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "train.json").write_text(json.dumps({"batch": args.batch, "threads": args.threads,
                                                      "torch": torch.__version__, **results}, indent=1))

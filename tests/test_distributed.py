@@ -349,3 +349,39 @@ def test_compiled_training_step_matches_eager(data_dir, tmp_path):
     for key, value in eager.items():  # one Adam step of lr 1e-3 apart at most
         if value.is_floating_point():
             torch.testing.assert_close(compiled[key], value, atol=2e-3, rtol=0)
+
+
+def test_channels_last_trains_the_same_model_in_the_other_layout(data_dir, tmp_path, monkeypatch):
+    from flowaction.forward import forward_batch
+    from flowaction.train import evaluate_checkpoint, loss_weights
+
+    cfg = _cfg(data_dir, "augment.noise_std=0")
+    cache = open_data(cfg, data_dir.parent)
+    batch = next(iter(make_loader(cfg, cache, "train", "train", shuffle=True)))
+    torch.manual_seed(0)
+    plain = build_model(cfg, len(cache.classes))
+    other = build_model(cfg, len(cache.classes))
+    other.load_state_dict(plain.state_dict())
+    other.action_net.to(memory_format=torch.channels_last_3d)
+    conv = other.action_net.conv1.weight
+    assert conv.is_contiguous(memory_format=torch.channels_last_3d) and not conv.is_contiguous()
+    results = []
+    for model in (plain, other):
+        _, _, terms = forward_batch(model, batch, torch.device("cpu"), loss_weights(cfg))
+        terms["total"].backward()
+        results.append((terms["total"].detach(), model.action_net.conv1.weight.grad))
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(results[0][1], results[1][1], rtol=1e-3, atol=1e-5)
+    # the switch: fit converts the action network; its checkpoint loads into a contiguous model
+    seen = {}
+    real = train_module.train_one_epoch
+
+    def spy(model, *args, **kwargs):
+        seen["layout"] = model.action_net.conv1.weight.is_contiguous(memory_format=torch.channels_last_3d)
+        return real(model, *args, **kwargs)
+
+    monkeypatch.setattr(train_module, "train_one_epoch", spy)
+    fit(_cfg(data_dir, "optim.epochs=1", "optim.channels_last=true"), cache, tmp_path / "cl", progress=False,
+        log=lambda *_: None)
+    assert seen["layout"] is True
+    assert 0.0 <= evaluate_checkpoint(tmp_path / "cl" / "best.pt", cache, "val", progress=False)["clip_accuracy"] <= 1

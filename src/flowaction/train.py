@@ -389,6 +389,8 @@ def fit(
         torch.set_num_threads(cfg.threads)
     classes = cache.classes
     model = build_model(cfg, len(classes)).to(device)
+    if cfg.optim.channels_last:
+        model.action_net.to(memory_format=torch.channels_last_3d)  # the convolutions follow the weights' layout
     optimizer = build_optimizer(cfg, model)
     train_loader = make_loader(cfg, cache, cfg.data.train_split, "train", shuffle=True,
                                rank=context.rank, world=context.world)
