@@ -25,6 +25,7 @@ from flowaction.plots import plot_curves
 from flowaction.runlog import RunLogger
 
 
+CURVES_EVERY_S = 30.0  # curves.png is redrawn at most this often during training (and after the last epoch)
 TRAIN_SCORE_EVERY = 10  # training-split flow metrics come from every 10th batch
 
 
@@ -447,7 +448,7 @@ def fit(
             + (f", {context.world} processes" if context.distributed else ""))
         log(f"training: {epochs} epochs x {steps_per_epoch(cfg, batches)} steps = {total_steps} steps of "
             f"{cfg.optim.batch_size} x {cfg.optim.accumulate} x {context.world} clips; outputs in {out}")
-    started = time.time()
+    started = plotted = time.time()
     weights = loss_weights(cfg)
     val_classical: dict = {}
     frame_size = cache.index["frame_size"]
@@ -478,7 +479,11 @@ def fit(
             }
             logger.log(epoch, "train", train_metrics)
             logger.log(epoch, "val", val_metrics)
-            plot_curves(logger.csv_path, out / "curves.png")
+            # drawing the curves takes about a second: redrawn at most every CURVES_EVERY_S
+            # seconds, and after the last epoch
+            if epoch + 1 == epochs or time.time() - plotted >= CURVES_EVERY_S:
+                plot_curves(logger.csv_path, out / "curves.png")
+                plotted = time.time()
             if val_metrics["accuracy"] > best["val_accuracy"]:
                 best = {"val_accuracy": val_metrics["accuracy"], "epoch": epoch, "val_epe": result.flow_epe,
                         "val_moving_epe": result.flow.get("moving_epe")}
