@@ -122,6 +122,8 @@ def test_bad_arguments_are_one_clear_line_and_exit_code_2(tmp_path, capsys):
         ["train", "--out", out, "model.input=frames", "optim.flow_pretrain_epochs=2"],  # conflicting
         ["train", "--out", out, "model.input=dis", "model.flow_init=default"],  # conflicting
         ["train", "--out", out, "optim.amp=fp8"],  # not a choice
+        ["train", "--out", out, "optim.adam=fast"],  # not a choice
+        ["train", "--out", out, "optim.channels_last=maybe"],  # not a boolean
         ["eval", "--checkpoint", str(tmp_path / "none.pt"), "--data", str(tmp_path), "--out", out],
         ["predict", str(tmp_path / "none.mp4"), "--checkpoint", str(tmp_path / "none.pt")],
         ["predict", str(tmp_path), "--checkpoint", str(tmp_path / "none.pt"), "--top-k", "0"],
