@@ -1,0 +1,142 @@
+"""How much better could the demo do with perfect flow? Two measurements on the demo's benchmark.
+
+1. Flow error per class on the test split (moving pixels: valid and |GT| > 0.1 px): the learned flow
+   (the shipped flow network, or the one in ``--checkpoint``), OpenCV DIS, and the mean ground-truth
+   speed on the same pixels. Classes that move by a fraction of a pixel per frame (rotation,
+   expansion) are where an error of 0.2 px hides the motion.
+2. An oracle: the demo's 3D ResNet trained on the ground-truth flow of the triplets' pairs (the flows
+   a perfect flow network would give), with the demo's data, schedule and steps; test accuracy
+   overall and per class. The gap between it and the demo is what better flow can still buy.
+
+Run (about five minutes on two CPU cores)::
+
+    .venv/bin/python benchmarks/bench_oracle_flow.py --out benchmarks/results/oracle_flow
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from flowaction.config import load_config
+from flowaction.demo import preset_path
+from flowaction.evaluate import gt_flow_for_model
+from flowaction.forward import classical_stack, forward_batch
+from flowaction.models.joint import num_triplets
+from flowaction.pretrain import load_flow_weights
+from flowaction.run import open_data
+from flowaction.train import begin_epoch, build_model, build_optimizer, loss_weights, make_loader, train_one_epoch
+
+
+class _WithTrueFlow:
+    """A loader whose batches carry the ground-truth pair flows as the precomputed flow input."""
+
+    def __init__(self, loader) -> None:
+        self.loader = loader
+        self.dataset = loader.dataset
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        for batch in self.loader:
+            yield {**batch, "classical": batch["flow"]}
+
+
+@torch.no_grad()
+def flow_error_per_class(cfg, cache, checkpoint: str | None) -> dict[str, dict[str, float]]:
+    model = build_model(cfg, len(cache.classes))
+    if checkpoint:
+        from flowaction.checkpoint import load_checkpoint, load_weights
+
+        load_weights(model, load_checkpoint(checkpoint)["model"], checkpoint)
+    else:
+        load_flow_weights(model.flow_net, "default")
+    model.eval()
+    sums: dict[str, list[list[float]]] = {}
+    for batch in make_loader(cfg, cache, cfg.data.test_split, "val"):
+        frames = batch["frames"]
+        learned = model.flows(frames)
+        count = num_triplets(frames.shape[2], cfg.model.triplet_stride)
+        dis = classical_stack(frames, count, cfg.model.triplet_stride, "dis")
+        truth, valid = gt_flow_for_model(batch["flow"], batch["valid"], count, cfg.model.triplet_stride)
+        speed = truth.norm(dim=1)
+        moving = valid & (speed > 0.1)
+        for i, label in enumerate(batch["label"].tolist()):
+            where = moving[i]
+            row = sums.setdefault(cache.classes[label], [[], [], [], []])
+            row[0].append(float((learned[i] - truth[i]).norm(dim=0)[where].sum()))
+            row[1].append(float((dis[i] - truth[i]).norm(dim=0)[where].sum()))
+            row[2].append(float(speed[i][where].sum()))
+            row[3].append(float(where.sum()))
+    table = {}
+    for name, (learned_sum, dis_sum, speed_sum, pixels) in sums.items():
+        n = max(sum(pixels), 1.0)
+        table[name] = {"learned_epe": sum(learned_sum) / n, "dis_epe": sum(dis_sum) / n, "gt_speed": sum(speed_sum) / n}
+    return table
+
+
+def oracle_accuracy(cfg, cache, threads: int) -> dict:
+    torch.manual_seed(cfg.seed)
+    torch.set_num_threads(threads)
+    model = build_model(cfg, len(cache.classes))
+    optimizer = build_optimizer(cfg, model)
+    loader = _WithTrueFlow(make_loader(cfg, cache, cfg.data.train_split, "train", shuffle=True))
+    total = cfg.optim.epochs * len(loader)
+    started, step = time.time(), 0
+    for epoch in range(cfg.optim.epochs):
+        begin_epoch(loader.loader, cfg.seed, epoch)
+        _, step = train_one_epoch(model, loader, optimizer, cfg, torch.device("cpu"), epoch, step, total,
+                                  progress=False)
+    seconds = time.time() - started
+    model.eval()
+    correct = np.zeros(len(cache.classes))
+    counts = np.zeros(len(cache.classes))
+    with torch.no_grad():
+        for batch in _WithTrueFlow(make_loader(cfg, cache, cfg.data.test_split, "val")):
+            logits, _, _ = forward_batch(model, batch, torch.device("cpu"), loss_weights(cfg))
+            for label, guess in zip(batch["label"].tolist(), logits.argmax(1).tolist()):
+                counts[label] += 1
+                correct[label] += label == guess
+    return {"test_accuracy": float(correct.sum() / counts.sum()), "steps": step, "train_seconds": seconds,
+            "per_class": {name: float(c / n) for name, c, n in zip(cache.classes, correct, counts)}}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="demo", help="the demo preset whose data and schedule are used")
+    parser.add_argument("--checkpoint", default=None, help="a demo run's best.pt (default: the shipped flow network)")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads")
+    parser.add_argument("--skip-oracle", action="store_true", help="only the per-class flow error (seconds)")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/oracle_flow"), help="output folder")
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    cfg = load_config(preset_path(args.preset), [f"data.synthetic_dir={args.out / 'data'}"])
+    cache = open_data(cfg, args.out, progress=False)
+    errors = flow_error_per_class(cfg, cache, args.checkpoint)
+    source = args.checkpoint or "shipped flow network"
+    print(f"moving-pixel EPE per class, test split ({source})")
+    print(f"{'class':12s} {'learned':>8s} {'DIS':>8s} {'|GT|':>8s} {'learned/|GT|':>13s}")
+    for name, row in errors.items():
+        print(f"{name:12s} {row['learned_epe']:8.3f} {row['dis_epe']:8.3f} {row['gt_speed']:8.3f} "
+              f"{row['learned_epe'] / row['gt_speed']:13.2f}")
+    result = {"preset": args.preset, "flow_source": source, "flow_error_per_class": errors}
+    if not args.skip_oracle:
+        oracle_cfg = load_config(preset_path(args.preset), [
+            f"data.synthetic_dir={args.out / 'data'}", "model.input=dis", "model.flow_init=none"])
+        oracle = oracle_accuracy(oracle_cfg, cache, args.threads)
+        result["oracle"] = oracle
+        print(f"\noracle (the demo's ResNet on ground-truth flow, {oracle['steps']} steps, "
+              f"{oracle['train_seconds']:.0f} s): test accuracy {oracle['test_accuracy']:.3f}")
+        print("  " + ", ".join(f"{name} {value:.2f}" for name, value in oracle["per_class"].items()))
+    (args.out / "oracle_flow.json").write_text(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
