@@ -114,10 +114,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     parser.add_argument("--skip-oracle", action="store_true", help="only the per-class flow error (seconds)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/oracle_flow"), help="output folder")
+    parser.add_argument("--data", type=Path, default=Path("runs/bench-oracle-flow/data"),
+                        help="where the generated benchmark goes (made once, then reused)")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    cfg = load_config(preset_path(args.preset), [f"data.synthetic_dir={args.out / 'data'}"])
-    cache = open_data(cfg, args.out, progress=False)
+    cfg = load_config(preset_path(args.preset), [f"data.synthetic_dir={args.data}"])
+    cache = open_data(cfg, args.data.parent, progress=False)
     errors = flow_error_per_class(cfg, cache, args.checkpoint)
     source = args.checkpoint or "shipped flow network"
     print(f"moving-pixel EPE per class, test split ({source})")
@@ -128,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {"preset": args.preset, "flow_source": source, "flow_error_per_class": errors}
     if not args.skip_oracle:
         oracle_cfg = load_config(preset_path(args.preset), [
-            f"data.synthetic_dir={args.out / 'data'}", "model.input=dis", "model.flow_init=none"])
+            f"data.synthetic_dir={args.data}", "model.input=dis", "model.flow_init=none"])
         oracle = oracle_accuracy(oracle_cfg, cache, args.threads)
         result["oracle"] = oracle
         print(f"\noracle (the demo's ResNet on ground-truth flow, {oracle['steps']} steps, "
