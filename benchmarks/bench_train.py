@@ -6,8 +6,9 @@ Each variant does ``--steps`` timed Adam steps (after one untimed) on random inp
 (:func:`flowaction.forward.forward_batch`); the median step time gives clips/s. Ratios are taken
 within the same run. Two further tables compare alternatives within one run, alternating them so
 that a busy machine slows both alike: Adam's three implementations (``optim.adam``: one optimiser
-step of the ResNet-10 and ResNet-18 joint models), and the 3D ResNet's memory layout (contiguous
-against channels-last 3D, whole training steps). Run::
+step of the ResNet-10 and ResNet-18 joint models), the 3D ResNet's memory layout (contiguous
+against channels-last 3D, whole training steps) and the ``allocator`` setting (glibc's defaults
+against ``keep``, each in a fresh process since it is process-wide). Run::
 
     .venv/bin/python benchmarks/bench_train.py --steps 5 --out benchmarks/results/train
 """
@@ -93,6 +94,29 @@ def layout_times(model_input: str, batch: int, steps: int, threads: int, rounds:
     return {layout: statistics.median(values) for layout, values in times.items()}
 
 
+def _allocator_worker(keep: bool, model_input: str, batch: int, steps: int, threads: int, queue) -> None:
+    if keep:
+        from flowaction.allocator import keep_heap_memory
+
+        keep_heap_memory()
+    queue.put(step_times(model_input, batch, steps, threads))
+
+
+def allocator_times(model_input: str, batch: int, steps: int, threads: int, rounds: int = 3) -> dict[str, float]:
+    """Median training-step seconds with glibc's default allocator settings and with ``keep``."""
+    context = mp.get_context("spawn")
+    times: dict[str, list[float]] = {"system": [], "keep": []}
+    for _ in range(rounds):
+        for choice in times:
+            queue = context.SimpleQueue()
+            process = context.Process(target=_allocator_worker,
+                                      args=(choice == "keep", model_input, batch, steps, threads, queue))
+            process.start()
+            times[choice] += queue.get()
+            process.join()
+    return {choice: statistics.median(values) for choice, values in times.items()}
+
+
 def _ddp_worker(rank: int, world: int, port: int, batch: int, steps: int, queue) -> None:
     import torch.distributed as dist
 
@@ -162,6 +186,13 @@ def main(argv: list[str] | None = None) -> int:
         results["layout_step_s"][name] = layout
         print(f"{name:40s} {layout['contiguous']:11.3f} {layout['channels_last_3d']:14.3f} "
               f"{layout['channels_last_3d'] / layout['contiguous']:5.2f}x")
+    print(f"\n{'training step (s)':40s} {'system':>11s} {'keep':>14s} {'ratio':>6s}")
+    results["allocator_step_s"] = {}
+    for name, model_input in (("joint (learned flow)", "learned"), ("ResNet-18 on precomputed flows", "dis")):
+        allocator = allocator_times(model_input, args.batch, args.steps, args.threads)
+        results["allocator_step_s"][name] = allocator
+        print(f"{name:40s} {allocator['system']:11.3f} {allocator['keep']:14.3f} "
+              f"{allocator['keep'] / allocator['system']:5.2f}x")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "train.json").write_text(json.dumps({"batch": args.batch, "threads": args.threads,
                                                      "torch": torch.__version__, **results}, indent=1))

@@ -85,3 +85,44 @@ def test_horizontal_flip_mirrors_the_frames_and_negates_the_flow(tmp_path):
         torch.testing.assert_close(b["flow"][:, 1], a["flow"][:, 1].flip(-1))  # v does not
         assert torch.equal(b["valid"], a["valid"].flip(-1))
     assert 0 < flipped_items < len(plain)  # a coin per clip
+
+
+def test_allocator_keep_raises_glibc_thresholds_and_system_leaves_them(monkeypatch, tmp_path):
+    import platform
+
+    import flowaction.allocator as allocator
+    from flowaction.config import ConfigError, from_dict
+
+    calls = []
+    monkeypatch.setattr(allocator, "_applied", False)
+    monkeypatch.setattr(allocator, "_mallopt", lambda: (lambda option, value: calls.append((option, value)) or 1))
+    assert allocator.keep_heap_memory() is True
+    assert calls == [(-3, 1 << 30), (-1, 1 << 30)]  # M_MMAP_THRESHOLD, M_TRIM_THRESHOLD
+    assert allocator.keep_heap_memory() is True and len(calls) == 2  # once per process
+    monkeypatch.setattr(allocator, "_applied", False)
+    monkeypatch.setattr(allocator, "_mallopt", lambda: None)  # not glibc: nothing to do, and said so
+    assert allocator.keep_heap_memory() is False
+    # the real glibc call is accepted here
+    monkeypatch.undo()
+    if platform.libc_ver()[0] == "glibc":
+        assert allocator._mallopt() is not None
+    with pytest.raises(ConfigError, match="allocator"):
+        from_dict({}, ["allocator=jemalloc"])
+
+
+@pytest.mark.parametrize("choice", ["keep", "system"])
+def test_training_applies_the_allocator_setting(choice, monkeypatch, tmp_path):
+    import flowaction.allocator as allocator
+    from flowaction.config import from_dict
+    from flowaction.run import open_data
+    from flowaction.train import fit
+
+    applied = []
+    monkeypatch.setattr(allocator, "keep_heap_memory", lambda: applied.append(True) or True)
+    cfg = from_dict({}, [
+        "data.synthetic.num_classes=2", "data.synthetic.size=36", "data.synthetic.num_frames=7",
+        "data.synthetic.train_per_class=2", "data.synthetic.val_per_class=1", "data.synthetic.test_per_class=1",
+        "data.num_frames=7", "data.crop=32", "model.depth=10", "model.flow_width=8", "model.triplet_stride=2",
+        "optim.batch_size=4", "optim.epochs=1", f"allocator={choice}", f"data.synthetic_dir={tmp_path / 'data'}"])
+    fit(cfg, open_data(cfg, tmp_path, progress=False), tmp_path / "run", progress=False, log=lambda *_: None)
+    assert applied == ([True] if choice == "keep" else [])

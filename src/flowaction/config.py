@@ -125,6 +125,9 @@ class Config:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int = 0  # torch intra-op threads; 0 = leave torch's default
+    # keep: large CPU buffers stay in the process heap between steps (glibc; ~15 % faster CPU steps,
+    # the process keeps its peak memory); system: the C library's defaults
+    allocator: str = "keep"
     data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -145,6 +148,7 @@ _CHOICES = {
     "optim.nonfinite": ("stop", "skip"),
     "optim.amp": ("off", "bf16", "fp16"),
     "optim.adam": ("fused", "foreach", "loop"),
+    "allocator": ("keep", "system"),
 }
 _POSITIVE = {
     "data.num_frames", "data.frame_step", "data.crop", "data.test_clips", "model.flow_width",

@@ -130,6 +130,10 @@ def pretrain_flow(
     torch.manual_seed(cfg.seed)
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
+    if cfg.allocator == "keep":
+        from flowaction.allocator import keep_heap_memory
+
+        keep_heap_memory()
     flow_net = FlowNet(width=cfg.model.flow_width)
     normalise = Normalise()
     optimizer = torch.optim.Adam(flow_net.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,

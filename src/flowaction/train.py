@@ -388,6 +388,10 @@ def fit(
     np.random.seed(cfg.seed)
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
+    if cfg.allocator == "keep":
+        from flowaction.allocator import keep_heap_memory
+
+        keep_heap_memory()
     classes = cache.classes
     model = build_model(cfg, len(classes)).to(device)
     if cfg.optim.channels_last:
