@@ -4,8 +4,8 @@ By default glibc serves every allocation above a threshold (128 KB, adapting up 
 fresh ``mmap`` and gives it back with ``munmap`` when freed. A training step allocates and frees
 the same few hundred activation and gradient buffers every time, so each step pays the kernel for
 new zero-filled pages. Raising the mmap and trim thresholds lets freed blocks be reused instead:
-on a 2-core CPU a demo training step took 0.32 s instead of 0.39 s (``benchmarks/bench_train.py``
-measures it). The cost is that the process keeps its peak heap until it exits.
+on a 2-core CPU a training step takes 0.81x the time (``benchmarks/bench_train.py`` measures it).
+The cost is that the process keeps its peak heap until it exits.
 """
 from __future__ import annotations
 

@@ -125,7 +125,7 @@ class Config:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int = 0  # torch intra-op threads; 0 = leave torch's default
-    # keep: large CPU buffers stay in the process heap between steps (glibc; ~15 % faster CPU steps,
+    # keep: large CPU buffers stay in the process heap between steps (glibc; CPU steps take ~0.8x the time,
     # the process keeps its peak memory); system: the C library's defaults
     allocator: str = "keep"
     data: DataConfig = field(default_factory=DataConfig)
