@@ -143,6 +143,17 @@ def ddp_times(world: int, batch: int, steps: int) -> list[float]:
     return queue.get()
 
 
+def _compare(measure, choices: tuple[str, str], args) -> dict:
+    """Print and return ``measure``'s two alternatives for the joint model and the ResNet on flows."""
+    first, second = choices
+    print(f"\n{'training step (s)':40s} {first:>16s} {second:>16s} {'ratio':>6s}")
+    table = {}
+    for name, model_input in (("joint (learned flow)", "learned"), ("ResNet-18 on precomputed flows", "dis")):
+        row = table[name] = measure(model_input, args.batch, args.steps, args.threads)
+        print(f"{name:40s} {row[first]:16.3f} {row[second]:16.3f} {row[second] / row[first]:5.2f}x")
+    return table
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=8, help="clips per step and process")
@@ -179,20 +190,8 @@ def main(argv: list[str] | None = None) -> int:
         results["adam_step_s"][f"resnet{depth}"] = adam
         print(f"{f'joint model, ResNet-{depth}':30s} {1000 * adam['fused']:8.1f} {1000 * adam['foreach']:8.1f} "
               f"{1000 * adam['loop']:8.1f} {adam['loop'] / adam['fused']:10.2f}x")
-    print(f"\n{'training step (s)':40s} {'contiguous':>11s} {'channels-last':>14s} {'ratio':>6s}")
-    results["layout_step_s"] = {}
-    for name, model_input in (("joint (learned flow)", "learned"), ("ResNet-18 on precomputed flows", "dis")):
-        layout = layout_times(model_input, args.batch, args.steps, args.threads)
-        results["layout_step_s"][name] = layout
-        print(f"{name:40s} {layout['contiguous']:11.3f} {layout['channels_last_3d']:14.3f} "
-              f"{layout['channels_last_3d'] / layout['contiguous']:5.2f}x")
-    print(f"\n{'training step (s)':40s} {'system':>11s} {'keep':>14s} {'ratio':>6s}")
-    results["allocator_step_s"] = {}
-    for name, model_input in (("joint (learned flow)", "learned"), ("ResNet-18 on precomputed flows", "dis")):
-        allocator = allocator_times(model_input, args.batch, args.steps, args.threads)
-        results["allocator_step_s"][name] = allocator
-        print(f"{name:40s} {allocator['system']:11.3f} {allocator['keep']:14.3f} "
-              f"{allocator['keep'] / allocator['system']:5.2f}x")
+    results["layout_step_s"] = _compare(layout_times, ("contiguous", "channels_last_3d"), args)
+    results["allocator_step_s"] = _compare(allocator_times, ("system", "keep"), args)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "train.json").write_text(json.dumps({"batch": args.batch, "threads": args.threads,
                                                      "torch": torch.__version__, **results}, indent=1))
