@@ -116,7 +116,7 @@ class OptimConfig:
     nonfinite: str = "stop"  # a NaN / inf loss: stop (keeping the last good checkpoint) or skip the step
     amp: str = "off"  # mixed precision of the networks: off, bf16 or fp16 (GradScaler); losses stay fp32
     compile: bool = False  # torch.compile the training step (minutes of compilation first; for long runs)
-    channels_last: bool = False  # the 3D ResNet in channels-last 3D memory layout (for GPUs; no gain on CPU)
+    channels_last: bool = False  # the 3D ResNet in channels-last 3D memory layout (for GPUs; slower on CPU)
     adam: str = "fused"  # Adam's implementation: fused (one kernel, fastest), foreach or loop (PyTorch's reference)
 
 

@@ -31,7 +31,8 @@ FLOW_NAMES = {"learned": "learned flow", "dis": "DIS (model input)", "farneback"
 @torch.no_grad()
 def write_flow_pictures(checkpoint: Path, cache: ClipCache, split: str, out_dir: Path, count: int = 8) -> list[str]:
     """Panels (frame | the model's flow | DIS | ground truth | warp error) for one clip of each of
-    the first ``count`` classes (all eight of the demo: the slow rotations and expansions too); the model's flow is the learned one, or the OpenCV flow a ``dis`` / ``farneback``
+    the first ``count`` classes (all eight of the demo: the slow rotations and expansions too); the
+    model's flow is the learned one, or the OpenCV flow a ``dis`` / ``farneback``
     model classifies. A model that sees frames only has no flow to draw: returns ``[]``."""
     from flowaction.flow.classical import classical_flow
     from flowaction.flow.viz import flow_panel
