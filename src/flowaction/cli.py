@@ -435,7 +435,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="comma-separated variants: " + ", ".join(VARIANTS))
     ablate.add_argument("--seeds", type=int, default=3, help="runs per variant, seeds 0..N-1")
     ablate.add_argument("--out", type=Path, required=True,
-                        help="study directory (one run per variant and seed, results.md, ablation.png, sample_efficiency.png)")
+                        help="study directory (one run per variant and seed, results.md, ablation.png, "
+                             "sample_efficiency.png)")
     ablate.add_argument("--sweep", default="", help="training clips per class, e.g. 5,10,20,50")
     ablate.add_argument("--sweep-runs", default="", help="variants of the sweep (default learned,frames,dis)")
     ablate.add_argument("--keep-checkpoints", action="store_true",
