@@ -172,6 +172,9 @@ def _plot(results, sweep, out: Path) -> None:
         if drawn:  # no reference lines when no variant scores flow (e.g. frames alone)
             axes[1].legend()
         axes[1].set_ylabel("flow EPE on moving pixels (px)")
+        values = [e[0] for e in epe if e and e[0] > 0]
+        if values and max(values) > 10 * min(values):  # e.g. no-flow-loss's tens of pixels beside 0.2 px
+            axes[1].set_yscale("log")
         for ax in axes:
             ax.tick_params(axis="x", rotation=60)
             ax.grid(axis="y", alpha=0.3)
