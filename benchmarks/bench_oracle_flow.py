@@ -25,8 +25,8 @@ import torch
 
 from flowaction.config import load_config
 from flowaction.demo import preset_path
-from flowaction.evaluate import gt_flow_for_model
-from flowaction.forward import classical_stack, forward_batch
+from flowaction.evaluate import gt_flow_for_model, run_evaluation, video_scores
+from flowaction.forward import classical_stack
 from flowaction.models.joint import num_triplets
 from flowaction.pretrain import load_flow_weights
 from flowaction.run import open_data
@@ -58,7 +58,7 @@ def flow_error_per_class(cfg, cache, checkpoint: str | None) -> dict[str, dict[s
     else:
         load_flow_weights(model.flow_net, "default")
     model.eval()
-    sums: dict[str, list[list[float]]] = {}
+    sums: dict[str, np.ndarray] = {}  # class -> (learned error, DIS error, true speed, pixels), summed
     for batch in make_loader(cfg, cache, cfg.data.test_split, "val"):
         frames = batch["frames"]
         learned = model.flows(frames)
@@ -69,15 +69,16 @@ def flow_error_per_class(cfg, cache, checkpoint: str | None) -> dict[str, dict[s
         moving = valid & (speed > 0.1)
         for i, label in enumerate(batch["label"].tolist()):
             where = moving[i]
-            row = sums.setdefault(cache.classes[label], [[], [], [], []])
-            row[0].append(float((learned[i] - truth[i]).norm(dim=0)[where].sum()))
-            row[1].append(float((dis[i] - truth[i]).norm(dim=0)[where].sum()))
-            row[2].append(float(speed[i][where].sum()))
-            row[3].append(float(where.sum()))
+            sums.setdefault(cache.classes[label], np.zeros(4))[:] += [
+                float((learned[i] - truth[i]).norm(dim=0)[where].sum()),
+                float((dis[i] - truth[i]).norm(dim=0)[where].sum()),
+                float(speed[i][where].sum()),
+                float(where.sum()),
+            ]
     table = {}
     for name, (learned_sum, dis_sum, speed_sum, pixels) in sums.items():
-        n = max(sum(pixels), 1.0)
-        table[name] = {"learned_epe": sum(learned_sum) / n, "dis_epe": sum(dis_sum) / n, "gt_speed": sum(speed_sum) / n}
+        n = max(pixels, 1.0)
+        table[name] = {"learned_epe": learned_sum / n, "dis_epe": dis_sum / n, "gt_speed": speed_sum / n}
     return table
 
 
@@ -94,17 +95,11 @@ def oracle_accuracy(cfg, cache, threads: int) -> dict:
         _, step = train_one_epoch(model, loader, optimizer, cfg, torch.device("cpu"), epoch, step, total,
                                   progress=False)
     seconds = time.time() - started
-    model.eval()
-    correct = np.zeros(len(cache.classes))
-    counts = np.zeros(len(cache.classes))
-    with torch.no_grad():
-        for batch in _WithTrueFlow(make_loader(cfg, cache, cfg.data.test_split, "val")):
-            logits, _, _ = forward_batch(model, batch, torch.device("cpu"), loss_weights(cfg))
-            for label, guess in zip(batch["label"].tolist(), logits.argmax(1).tolist()):
-                counts[label] += 1
-                correct[label] += label == guess
-    return {"test_accuracy": float(correct.sum() / counts.sum()), "steps": step, "train_seconds": seconds,
-            "per_class": {name: float(c / n) for name, c, n in zip(cache.classes, correct, counts)}}
+    test = _WithTrueFlow(make_loader(cfg, cache, cfg.data.test_split, "val"))
+    result = run_evaluation(model, test, torch.device("cpu"), loss_weights(cfg), progress=False, classical=())
+    per_class = video_scores(result, len(cache.classes))["per_class"]
+    return {"test_accuracy": result.clip_accuracy, "steps": step, "train_seconds": seconds,
+            "per_class": dict(zip(cache.classes, per_class))}
 
 
 def main(argv: list[str] | None = None) -> int:

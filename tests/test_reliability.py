@@ -1,7 +1,7 @@
 """Results that can be trusted and folders that are not shared by accident."""
-import torch
 import numpy as np
 import pytest
+import torch
 
 from flowaction.cli import main
 from flowaction.evaluate import EvalResult, video_scores

@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from test_train import TINY
 
 from flowaction.config import from_dict
 from flowaction.data.clips import ClipDataset, ClipSpec, JitterSpec
@@ -87,12 +88,13 @@ def test_horizontal_flip_mirrors_the_frames_and_negates_the_flow(tmp_path):
     assert 0 < flipped_items < len(plain)  # a coin per clip
 
 
-def test_allocator_keep_raises_glibc_thresholds_and_system_leaves_them(monkeypatch, tmp_path):
+def test_keep_heap_memory_raises_glibc_thresholds_once_and_only_on_glibc(monkeypatch):
     import platform
 
     import flowaction.allocator as allocator
     from flowaction.config import ConfigError, from_dict
 
+    real = allocator._mallopt
     calls = []
     monkeypatch.setattr(allocator, "_applied", False)
     monkeypatch.setattr(allocator, "_mallopt", lambda: (lambda option, value: calls.append((option, value)) or 1))
@@ -102,10 +104,9 @@ def test_allocator_keep_raises_glibc_thresholds_and_system_leaves_them(monkeypat
     monkeypatch.setattr(allocator, "_applied", False)
     monkeypatch.setattr(allocator, "_mallopt", lambda: None)  # not glibc: nothing to do, and said so
     assert allocator.keep_heap_memory() is False
-    # the real glibc call is accepted here
-    monkeypatch.undo()
-    if platform.libc_ver()[0] == "glibc":
-        assert allocator._mallopt() is not None
+    # the real glibc mallopt accepts both settings
+    monkeypatch.setattr(allocator, "_mallopt", real)
+    assert allocator.keep_heap_memory() is (platform.libc_ver()[0] == "glibc")
     with pytest.raises(ConfigError, match="allocator"):
         from_dict({}, ["allocator=jemalloc"])
 
@@ -119,10 +120,6 @@ def test_training_applies_the_allocator_setting(choice, monkeypatch, tmp_path):
 
     applied = []
     monkeypatch.setattr(allocator, "keep_heap_memory", lambda: applied.append(True) or True)
-    cfg = from_dict({}, [
-        "data.synthetic.num_classes=2", "data.synthetic.size=36", "data.synthetic.num_frames=7",
-        "data.synthetic.train_per_class=2", "data.synthetic.val_per_class=1", "data.synthetic.test_per_class=1",
-        "data.num_frames=7", "data.crop=32", "model.depth=10", "model.flow_width=8", "model.triplet_stride=2",
-        "optim.batch_size=4", "optim.epochs=1", f"allocator={choice}", f"data.synthetic_dir={tmp_path / 'data'}"])
+    cfg = from_dict({}, TINY + ["optim.epochs=1", f"allocator={choice}", f"data.synthetic_dir={tmp_path / 'data'}"])
     fit(cfg, open_data(cfg, tmp_path, progress=False), tmp_path / "run", progress=False, log=lambda *_: None)
     assert applied == ([True] if choice == "keep" else [])

@@ -122,18 +122,13 @@ def pretrain_flow(
     Returns the last validation metrics and the wall time.
     """
     from flowaction.plots import plot_curves
-    from flowaction.train import adam_options, begin_epoch, learning_rate, loss_weights
+    from flowaction.train import adam_options, apply_process_settings, begin_epoch, learning_rate, loss_weights
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
     torch.manual_seed(cfg.seed)
-    if cfg.threads > 0:
-        torch.set_num_threads(cfg.threads)
-    if cfg.allocator == "keep":
-        from flowaction.allocator import keep_heap_memory
-
-        keep_heap_memory()
+    apply_process_settings(cfg)
     flow_net = FlowNet(width=cfg.model.flow_width)
     normalise = Normalise()
     optimizer = torch.optim.Adam(flow_net.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,

@@ -135,8 +135,9 @@ def make_loader(
 
 
 def build_optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Adam:
-    """Adam (``optim.adam`` picks PyTorch's implementation); the flow network in a group of its own whose rate is ``optim.flow_lr_scale`` x the
-    schedule's (each group's ``lr_scale`` is applied at every step)."""
+    """Adam (``optim.adam`` picks PyTorch's implementation); the flow network in a group of its
+    own whose rate is ``optim.flow_lr_scale`` x the schedule's (each group's ``lr_scale`` is
+    applied at every step)."""
     flow_net = getattr(model, "flow_net", None)
     flow_ids = {id(p) for p in flow_net.parameters()} if flow_net is not None else set()
     groups = [{"params": [p for p in model.parameters() if id(p) not in flow_ids], "lr_scale": 1.0}]
@@ -152,6 +153,16 @@ def adam_options(cfg: Config) -> dict:
     The fused kernel updates every weight in one pass; on a 2-core CPU it is several times faster
     than the per-tensor loop for a 3D ResNet (``benchmarks/bench_train.py`` measures it)."""
     return {"fused": {"fused": True}, "foreach": {"foreach": True}, "loop": {"foreach": False}}[cfg.optim.adam]
+
+
+def apply_process_settings(cfg: Config) -> None:
+    """This process's torch threads (``threads``) and C allocator (``allocator``), before training."""
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    if cfg.allocator == "keep":
+        from flowaction.allocator import keep_heap_memory
+
+        keep_heap_memory()
 
 
 def steps_per_epoch(cfg: Config, batches: int) -> int:
@@ -386,12 +397,7 @@ def fit(
         save_config(cfg, out / "config.yaml")
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
-    if cfg.threads > 0:
-        torch.set_num_threads(cfg.threads)
-    if cfg.allocator == "keep":
-        from flowaction.allocator import keep_heap_memory
-
-        keep_heap_memory()
+    apply_process_settings(cfg)
     classes = cache.classes
     model = build_model(cfg, len(classes)).to(device)
     if cfg.optim.channels_last:

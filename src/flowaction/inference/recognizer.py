@@ -131,6 +131,6 @@ class Recognizer:
         if model.input == "frames" or model.frame_step != 1:
             return model.logits(clip)
         start = newest - model.span + 1
-        flows = np.stack([self._flows[start + offset] for offset in self._pair_offsets], axis=1)  # (2, N, c, c)
-        flows = flows[None]
+        # (1, 2, N, c, c): the clip's triplet flows, stacked as the classifier reads them
+        flows = np.stack([self._flows[start + offset] for offset in self._pair_offsets], axis=1)[None]
         return model.logits_from_flows(flows, clip)
