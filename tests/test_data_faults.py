@@ -1,12 +1,12 @@
 """A catalogue of bad inputs for `prepare`: each is reported with its reason and no good video is lost."""
+import ctypes
+import ctypes.util
 import hashlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from fractions import Fraction
 from pathlib import Path
@@ -175,49 +175,46 @@ def test_ray_prepare_equals_the_local_one(messy, tmp_path, capsys):
     assert report["skipped"] == local["skipped"] and report["videos"] == local["videos"]
 
 
-def _as_unprivileged_user(command: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    """Run ``command`` as a user that file permissions apply to: ourselves, or 'nobody' when the
-    tests run as root (root reads any file, so a chmod alone proves nothing)."""
+def _without_root_file_access(command: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """Run ``command`` so that file permissions apply to it. Root reads any file (a chmod alone
+    proves nothing), so as root the child drops the two capabilities that bypass permission checks
+    (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH) from its bounding set before it starts: it stays root
+    and can still import everything, but no longer reads a file or lists a folder that its mode
+    forbids."""
     drop = None
     if os.geteuid() == 0:
-        if shutil.which("setpriv"):
-            command = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *command]
-        else:
-            def drop():  # noqa: E306
-                os.setgroups([])
-                os.setgid(65534)
-                os.setuid(65534)
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+        def drop():
+            for capability in (1, 2):  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH
+                if libc.prctl(24, capability, 0, 0, 0) != 0:  # PR_CAPBSET_DROP
+                    raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP) failed")
     return subprocess.run(command, cwd=cwd, capture_output=True, text=True, preexec_fn=drop, timeout=300)
 
 
-def test_unreadable_videos_are_skipped_and_an_unreadable_class_folder_is_one_clear_line():
-    # outside pytest's private tmp folder, so that the unprivileged user can reach it
-    work = Path(tempfile.mkdtemp(prefix="flowaction-perm-"))
+def test_unreadable_videos_are_skipped_and_an_unreadable_class_folder_is_one_clear_line(tmp_path):
+    root = tmp_path / "videos"
+    for c, name in enumerate(("jump", "wave")):
+        for i in range(3):
+            write_video(root / name / f"{name}{i}.avi", 12, seed=20 * c + i)
+    write_video(root / "jump" / "locked.avi", 12, seed=99)
+    (root / "jump" / "locked.avi").chmod(0)
     try:
-        work.chmod(0o777)
-        root = work / "videos"
-        for c, name in enumerate(("jump", "wave")):
-            for i in range(3):
-                write_video(root / name / f"{name}{i}.avi", 12, seed=20 * c + i)
-        write_video(root / "jump" / "locked.avi", 12, seed=99)
-        for path in [root, *root.rglob("*")]:
-            path.chmod(0o777 if path.is_dir() else 0o644)
-        (root / "jump" / "locked.avi").chmod(0)
         flowaction = [sys.executable, "-m", "flowaction", "prepare", "folder", "--root", str(root), "--no-progress"]
-        done = _as_unprivileged_user(flowaction + ["--out", str(work / "cache")], work)
+        done = _without_root_file_access(flowaction + ["--out", str(tmp_path / "cache")], tmp_path)
         assert done.returncode == 0, done.stderr
-        report = json.loads((work / "cache" / "prepare_report.json").read_text())
+        report = json.loads((tmp_path / "cache" / "prepare_report.json").read_text())
         skipped = {item["path"]: item["reason"] for item in report["skipped"]}
         assert "permission denied" in skipped["jump/locked.avi"].lower()
         assert sum(report["videos"].values()) == 6  # every readable video kept
         (root / "swim").mkdir()
         (root / "swim" / "swim0.avi").write_bytes((root / "jump" / "jump0.avi").read_bytes())
         (root / "swim").chmod(0)
-        done = _as_unprivileged_user(flowaction + ["--out", str(work / "cache2")], work)
+        done = _without_root_file_access(flowaction + ["--out", str(tmp_path / "cache2")], tmp_path)
         assert done.returncode == 2
         assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
         assert f"cannot list {root / 'swim'}: permission denied" in done.stderr
-    finally:
-        for path in [work, *work.rglob("*")] if work.exists() else []:
-            path.chmod(0o755)
-        shutil.rmtree(work, ignore_errors=True)
+    finally:  # pytest must be able to clean up
+        for path in (root / "jump" / "locked.avi", root / "swim"):
+            if path.exists():
+                path.chmod(0o755)
