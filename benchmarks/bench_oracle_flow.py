@@ -49,14 +49,14 @@ class _WithTrueFlow:
 
 
 @torch.no_grad()
-def flow_error_per_class(cfg, cache, checkpoint: str | None) -> dict[str, dict[str, float]]:
+def flow_error_per_class(cfg, cache, checkpoint: str | None, flow_weights: str = "default") -> dict[str, dict[str, float]]:
     model = build_model(cfg, len(cache.classes))
     if checkpoint:
         from flowaction.checkpoint import load_checkpoint, load_weights
 
         load_weights(model, load_checkpoint(checkpoint)["model"], checkpoint)
     else:
-        load_flow_weights(model.flow_net, "default")
+        load_flow_weights(model.flow_net, flow_weights)
     model.eval()
     sums: dict[str, np.ndarray] = {}  # class -> (learned error, DIS error, true speed, pixels), summed
     for batch in make_loader(cfg, cache, cfg.data.test_split, "val"):
@@ -106,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="demo", help="the demo preset whose data and schedule are used")
     parser.add_argument("--checkpoint", default=None, help="a demo run's best.pt (default: the shipped flow network)")
+    parser.add_argument("--flow-weights", default="default",
+                        help="a flownet.pt from pretrain-flow to score instead of the shipped one (without --checkpoint)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     parser.add_argument("--skip-oracle", action="store_true", help="only the per-class flow error (seconds)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/oracle_flow"), help="output folder")
@@ -115,8 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     cfg = load_config(preset_path(args.preset), [f"data.synthetic_dir={args.data}"])
     cache = open_data(cfg, args.data.parent, progress=False)
-    errors = flow_error_per_class(cfg, cache, args.checkpoint)
-    source = args.checkpoint or "shipped flow network"
+    errors = flow_error_per_class(cfg, cache, args.checkpoint, args.flow_weights)
+    source = args.checkpoint or ("shipped flow network" if args.flow_weights == "default" else args.flow_weights)
     print(f"moving-pixel EPE per class, test split ({source})")
     print(f"{'class':12s} {'learned':>8s} {'DIS':>8s} {'|GT|':>8s} {'learned/|GT|':>13s}")
     for name, row in errors.items():

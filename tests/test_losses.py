@@ -105,3 +105,56 @@ def test_occlusion_masks_leave_out_pixels_that_fail_the_forward_backward_check()
     masked = float(photometric_loss(prev, cur, forward, extra_mask=visible))
     right_half = float(photometric_loss(prev[..., 8:], cur[..., 8:], forward[..., 8:]))
     assert masked == pytest.approx(right_half, rel=1e-4)  # the occluded half does not count
+
+
+def test_second_order_smoothness_is_free_on_affine_flow_and_first_order_is_not():
+    # a rotation plus an expansion: the flow of the demo's hardest classes, linear in x and y
+    ys, xs = torch.meshgrid(torch.arange(16.0), torch.arange(16.0), indexing="ij")
+    x, y = xs - 7.5, ys - 7.5
+    affine = torch.stack((-0.05 * y + 0.03 * x, 0.05 * x + 0.03 * y))[None]
+    first = float(smoothness_loss(affine, eps=0.0, order=1))
+    second = float(smoothness_loss(affine, eps=0.0, order=2))
+    assert first > 0.1
+    assert second < 1e-4
+    # a curved field is not free under either order
+    curved = torch.stack((0.01 * x * x, 0.01 * y * y))[None]
+    assert float(smoothness_loss(curved, eps=0.0, order=2)) > 0.01
+    with pytest.raises(ValueError, match="order must be 1 or 2"):
+        smoothness_loss(affine, order=3)
+
+
+def test_smooth_order_reaches_the_joint_loss():
+    flow = torch.zeros(1, 2, 2, 8, 8)
+    flow[:, 0] = torch.arange(8.0) * 0.1  # u grows linearly along x: affine
+    frames = torch.rand(1, 1, 6, 8, 8)
+    first = flow_terms_with(LossWeights(smooth_order=1, eps=0.0), flow, frames)
+    second = flow_terms_with(LossWeights(smooth_order=2, eps=0.0), flow, frames)
+    assert first["smoothness"] > 0.05
+    assert second["smoothness"] < 1e-4
+    assert float(first["photometric"]) == float(second["photometric"])
+
+
+def flow_terms_with(weights, flow, frames):
+    from flowaction.losses import flow_loss_terms
+
+    return {k: float(v) for k, v in flow_loss_terms(flow, frames, 3, weights).items()}
+
+
+def test_long_pair_doubles_the_photometric_evidence_of_a_sub_pixel_motion():
+    # three frames of a smooth pattern moving 0.3 px right per frame: frame_t(x) = pattern(x - 0.3 t)
+    ys, xs = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
+
+    def pattern(x, y):
+        return 0.5 + 0.2 * torch.sin(0.5 * x + 0.3 * y) + 0.2 * torch.cos(0.35 * y - 0.4 * x)
+
+    frames = torch.stack([pattern(xs - 0.3 * t, ys) for t in range(3)])[None, None]
+    truth = torch.zeros(1, 2, 1, 32, 32)
+    truth[:, 0] = 0.3
+    single, both = LossWeights(eps=1e-6), LossWeights(eps=1e-6, long_pair=1.0)
+    terms = {name: {flow: float(flow_terms_with(w, f, frames)["photometric"])
+                    for flow, f in (("true", truth), ("zero", torch.zeros_like(truth)))}
+             for name, w in (("single", single), ("both", both))}
+    # at the true flow both are small; at zero flow the long pair's error (0.6 px) is larger, so
+    # the average of both pairs exceeds the single pair's
+    assert terms["both"]["true"] < 0.2 * terms["both"]["zero"]
+    assert terms["both"]["zero"] > 1.3 * terms["single"]["zero"]

@@ -67,3 +67,35 @@ def test_joint_model_rejects_wrong_layout():
     with pytest.raises(ValueError):
         model(torch.rand(2, 3, 16, 32, 32))
     assert isinstance(model, JointModel)
+
+
+def test_refine_level_starts_at_the_coarse_flow_and_corrects_every_pixel():
+    torch.manual_seed(0)
+    net = FlowNet(width=8, refine=True)
+    for name in ("predict3", "predict2", "predict1"):  # give the coarse levels some flow
+        torch.nn.init.normal_(getattr(net, name).weight, std=0.1)
+    triplets = torch.rand(2, 1, 3, 20, 24)
+    coarse_only = FlowNet(width=8)
+    coarse_only.load_state_dict({k: v for k, v in net.state_dict().items()
+                                 if not k.startswith(("dec0", "predict0"))})
+    refined, pyramid = net(triplets, return_pyramid=True)
+    # zero-initialised correction: the output is the upsampled half-resolution flow
+    assert torch.equal(refined, coarse_only(triplets))
+    assert pyramid[0].shape[-2:] == (10, 12)
+    # a non-zero correction changes single pixels: not a bilinear upsample of a 10 x 12 field
+    torch.nn.init.normal_(net.predict0.weight, std=0.1)
+    correction = net(triplets) - coarse_only(triplets)
+    assert correction.abs().mean() > 1e-3
+    smooth = torch.nn.functional.interpolate(torch.nn.functional.avg_pool2d(correction, 2), scale_factor=2,
+                                             mode="bilinear", align_corners=False)
+    assert (correction - smooth).abs().mean() > 0.1 * correction.abs().mean()
+
+
+def test_flow_refine_config_builds_the_refine_level():
+    from flowaction.config import from_dict
+    from flowaction.train import build_model
+
+    with_level = build_model(from_dict({}, ["model.flow_refine=true", "model.depth=10"]), 3)
+    without = build_model(from_dict({}, ["model.depth=10"]), 3)
+    assert with_level.flow_net.refine and hasattr(with_level.flow_net, "predict0")
+    assert not without.flow_net.refine and not hasattr(without.flow_net, "predict0")

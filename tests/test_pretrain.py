@@ -8,7 +8,7 @@ from flowaction.checkpoint import load_checkpoint
 from flowaction.cli import main
 from flowaction.config import ConfigError, from_dict
 from flowaction.models.flownet import FlowNet
-from flowaction.pretrain import default_flow_weights, load_flow_weights
+from flowaction.pretrain import default_flow_weights, load_flow_weights, save_flow_weights
 from flowaction.run import open_data
 from flowaction.train import fit
 
@@ -54,6 +54,18 @@ def test_flow_init_loads_strictly_and_names_a_width_mismatch(tmp_path):
     assert all(torch.equal(net.state_dict()[k], v) for k, v in saved.items())
     with pytest.raises(ValueError, match="width 8.*model.flow_width=16"):
         load_flow_weights(FlowNet(width=16), out / "flownet.pt")
+    # a network with the full-resolution level starts from it with that level at zero correction:
+    # the same flow as the loaded network
+    refined = FlowNet(width=8, refine=True)
+    load_flow_weights(refined, out / "flownet.pt")
+    triplets = torch.rand(2, 1, 3, 20, 20)
+    with torch.no_grad():
+        assert torch.equal(refined(triplets), net(triplets))
+    # the other way round would drop a trained level: refused
+    refined_out = tmp_path / "refined.pt"
+    save_flow_weights(refined_out, refined, {})
+    with pytest.raises(ValueError, match="with the full-resolution level.*model.flow_refine=true"):
+        load_flow_weights(FlowNet(width=8), refined_out)
     # joint training starts from it: the run's flow network equals the pre-trained one before any step
     cfg = from_dict({}, TINY + [f"model.flow_init={out / 'flownet.pt'}", "optim.steps=1", "optim.lr=1e-12",
                                 f"data.synthetic_dir={tmp_path / 'tiny'}"])
@@ -72,7 +84,7 @@ def test_default_flow_network_ships_and_loads():
     path = default_flow_weights()
     assert path.is_file(), "the package ships a pre-trained flow network"
     state = load_checkpoint(path)
-    net = FlowNet(width=state["flow_width"])
+    net = FlowNet(width=state["flow_width"], refine=state.get("flow_refine", False))
     meta = load_flow_weights(net, "default")
     assert meta["steps"] > 0 and "command" in meta
 
@@ -91,3 +103,22 @@ def test_pretrain_flow_on_a_folder_of_videos(tmp_path):
     assert len(val) == 2 and float(val[-1]["val_photometric"]) > 0
     assert "epe" not in val[-1] or val[-1]["epe"] == ""  # real videos carry no ground truth
     assert load_checkpoint(out / "flownet.pt")["meta"]["steps"] == 4
+
+
+def test_pretrain_flow_continues_from_flow_init(tmp_path):
+    first = tmp_path / "first"
+    common = ["--eval-every", "1", "--no-progress", *DATA, f"data.synthetic_dir={tmp_path / 'data'}"]
+    assert main(["pretrain-flow", "--out", str(first), "--steps", "2", *common]) == 0
+    source = load_checkpoint(first / "flownet.pt")["model"]
+    # a step at a vanishing learning rate: the continued network is still the one it started from
+    second = tmp_path / "second"
+    assert main(["pretrain-flow", "--out", str(second), "--steps", "1", *common, "optim.lr=1e-12",
+                 f"model.flow_init={first / 'flownet.pt'}", "model.flow_refine=true"]) == 0
+    continued = load_checkpoint(second / "flownet.pt")
+    assert continued["flow_refine"] is True
+    for key, value in source.items():
+        assert torch.allclose(continued["model"][key], value, atol=1e-6), key
+    # while a fresh network of the same seed is not
+    fresh = tmp_path / "fresh"
+    assert main(["pretrain-flow", "--out", str(fresh), "--steps", "1", *common, "optim.lr=1e-12"]) == 0
+    assert not torch.allclose(load_checkpoint(fresh / "flownet.pt")["model"]["stem.weight"], source["stem.weight"])

@@ -62,6 +62,8 @@ class ModelConfig:
     depth: int = 18
     shortcut: str = "B"
     flow_width: int = 16
+    # a full-resolution level at the end of the flow network (warps, compares, corrects)
+    flow_refine: bool = False
     triplet_stride: int = 3
     input: str = "learned"  # learned | learned+frames | frames | dis | farneback
     # share of the classifier's gradient that reaches the flow network: 1 = the paper's joint
@@ -93,6 +95,11 @@ class LossConfig:
     smooth_alpha: float = 0.45
     data_term: str = "charbonnier"  # charbonnier (the paper) | census | ssim
     edge_aware: float = 0.0  # beta of edge-aware smoothness; 0 = the paper's plain smoothness
+    # 1: first differences (the paper; shrinks rotation and expansion flow), 2: second differences (zero on affine flow)
+    smooth_order: int = 1
+    # weight of a second photometric pair: I_{k-1} rebuilt from I_{k+1} warped by 2 O_k (constant
+    # velocity over the triplet); 0 = the paper's single pair. The result is normalised by 1 + weight
+    long_pair: float = 0.0
     multiscale: bool = False  # photometric loss on the flow network's coarser flows too
     occlusion: bool = False  # forward-backward occlusion masks (runs the flow network twice)
 
@@ -143,6 +150,7 @@ _CHOICES = {
     "optim.schedule": ("cosine", "constant"),
     "model.input": ("learned", "learned+frames", "frames", "dis", "farneback"),
     "loss.data_term": ("charbonnier", "census", "ssim"),
+    "loss.smooth_order": (1, 2),
     "model.classical_on": ("input", "clean"),
     "model.flow_output_init": ("zero", "random"),
     "optim.nonfinite": ("stop", "skip"),
@@ -262,7 +270,7 @@ def validate(cfg: Config) -> Config:
                           f"(model.input learned or learned+frames, not {cfg.model.input!r})")
     if cfg.optim.steps < 0:
         raise ConfigError("optim.steps must be >= 0 (0: optim.epochs decides)")
-    for key in ("loss.classification", "loss.photometric", "loss.smoothness", "augment.noise_std",
+    for key in ("loss.classification", "loss.photometric", "loss.smoothness", "loss.long_pair", "augment.noise_std",
                 "model.flow_grad_scale", "optim.flow_warmup_epochs", "optim.flow_lr_scale"):
         if flat[key] < 0:
             raise ConfigError(f"{key} must be >= 0")

@@ -99,6 +99,7 @@ def smoothness_loss(
     eps: float = 1e-3,
     image: torch.Tensor | None = None,
     edge_weight: float = 0.0,
+    order: int = 1,
 ) -> torch.Tensor:
     """Eq. 2: Charbonnier of the forward differences of u and v along x and y.
 
@@ -107,15 +108,34 @@ def smoothness_loss(
         image: ``(B, 1, H, W)``, the frame the flow lives on; used when ``edge_weight > 0``.
         edge_weight: ``beta`` of the edge-aware variant, where each difference is weighted by
             ``exp(-beta * |image gradient|)`` so that flow may change where the image has edges.
+        order: 1 penalises the first differences (the paper's eq. 2: it prefers piecewise
+            constant flow, so it shrinks the flow of rotations and expansions, whose flow changes
+            linearly across the object); 2 penalises the second differences
+            ``f(x-1) - 2 f(x) + f(x+1)``, which are zero for every affine flow field.
 
     Returns:
-        Scalar: the sum of the four mean penalties (du/dx, du/dy, dv/dx, dv/dy).
+        Scalar: the sum of the four mean penalties (du/dx, du/dy, dv/dx, dv/dy, or their second
+        differences).
     """
-    grad_x = charbonnier(flow[:, :, :, 1:] - flow[:, :, :, :-1], alpha, eps)
-    grad_y = charbonnier(flow[:, :, 1:, :] - flow[:, :, :-1, :], alpha, eps)
+    if order == 1:
+        grad_x = flow[:, :, :, 1:] - flow[:, :, :, :-1]
+        grad_y = flow[:, :, 1:, :] - flow[:, :, :-1, :]
+    elif order == 2:
+        grad_x = flow[:, :, :, 2:] - 2 * flow[:, :, :, 1:-1] + flow[:, :, :, :-2]
+        grad_y = flow[:, :, 2:, :] - 2 * flow[:, :, 1:-1, :] + flow[:, :, :-2, :]
+    else:
+        raise ValueError(f"smoothness order must be 1 or 2, got {order}")
+    grad_x = charbonnier(grad_x, alpha, eps)
+    grad_y = charbonnier(grad_y, alpha, eps)
     if edge_weight > 0 and image is not None:
-        grad_x = grad_x * torch.exp(-edge_weight * (image[:, :, :, 1:] - image[:, :, :, :-1]).abs().mean(1, keepdim=True))
-        grad_y = grad_y * torch.exp(-edge_weight * (image[:, :, 1:, :] - image[:, :, :-1, :]).abs().mean(1, keepdim=True))
+        # the image's edge strength between the pixels each difference spans
+        edge_x = (image[:, :, :, 1:] - image[:, :, :, :-1]).abs().mean(1, keepdim=True)
+        edge_y = (image[:, :, 1:, :] - image[:, :, :-1, :]).abs().mean(1, keepdim=True)
+        if order == 2:
+            edge_x = torch.maximum(edge_x[..., 1:], edge_x[..., :-1])
+            edge_y = torch.maximum(edge_y[..., 1:, :], edge_y[..., :-1, :])
+        grad_x = grad_x * torch.exp(-edge_weight * edge_x)
+        grad_y = grad_y * torch.exp(-edge_weight * edge_y)
     # mean over (B, H, W) per channel, summed over the two channels and two directions
     return 2.0 * (grad_x.mean() + grad_y.mean())
 
@@ -165,6 +185,8 @@ class LossWeights:
     smooth_alpha: float = 0.45
     data_term: str = "charbonnier"
     edge_aware: float = 0.0
+    smooth_order: int = 1
+    long_pair: float = 0.0
     multiscale: bool = False
     occlusion: bool = False
 
@@ -209,12 +231,19 @@ def flow_loss_terms(
             + photometric_loss(cur, prev, backward_flows, w.alpha, w.eps, visible_bwd, w.data_term)
         )
         smoothness = 0.5 * (
-            smoothness_loss(flat_flows, w.smooth_alpha, w.eps, prev, w.edge_aware)
-            + smoothness_loss(backward_flows, w.smooth_alpha, w.eps, cur, w.edge_aware)
+            smoothness_loss(flat_flows, w.smooth_alpha, w.eps, prev, w.edge_aware, w.smooth_order)
+            + smoothness_loss(backward_flows, w.smooth_alpha, w.eps, cur, w.edge_aware, w.smooth_order)
         )
     else:
         photometric = photometric_loss(prev, cur, flat_flows, w.alpha, w.eps, term=w.data_term)
-        smoothness = smoothness_loss(flat_flows, w.smooth_alpha, w.eps, prev, w.edge_aware)
+        smoothness = smoothness_loss(flat_flows, w.smooth_alpha, w.eps, prev, w.edge_aware, w.smooth_order)
+    if w.long_pair > 0:
+        # constant velocity: the first frame is also rebuilt from the third, warped by twice the
+        # flow. The displacement doubles, and so does the photometric evidence of a sub-pixel motion.
+        third = frames[:, :, torch.arange(num_flows, device=frames.device) * stride + 2]
+        third = third.transpose(1, 2).flatten(0, 1)
+        long = photometric_loss(prev, third, 2.0 * flat_flows, w.alpha, w.eps, term=w.data_term)
+        photometric = (photometric + w.long_pair * long) / (1.0 + w.long_pair)
     if w.multiscale and pyramid:
         total, norm = photometric, 1.0
         for level, coarse in enumerate(pyramid, start=1):

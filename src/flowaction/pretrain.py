@@ -46,7 +46,8 @@ def default_flow_weights() -> Path:
 
 def save_flow_weights(path: str | os.PathLike, flow_net: FlowNet, meta: dict[str, Any]) -> None:
     """Write a flow network as plain tensors plus its width (atomic)."""
-    state = {"kind": FLOW_KIND, "flow_width": flow_net.width, "model": flow_net.state_dict(), "meta": meta}
+    state = {"kind": FLOW_KIND, "flow_width": flow_net.width, "flow_refine": flow_net.refine,
+             "model": flow_net.state_dict(), "meta": meta}
     save_checkpoint(path, {**state, "config": {}, "classes": []})
 
 
@@ -57,15 +58,27 @@ def load_flow_weights(flow_net: FlowNet, source: str | os.PathLike) -> dict:
     state = load_checkpoint(path)
     if state.get("kind") == FLOW_KIND:
         weights, width = state["model"], state["flow_width"]
+        refine = state.get("flow_refine", False)
     else:  # a whole flowaction run checkpoint: take its flow network
         weights = {k[len("flow_net."):]: v for k, v in state["model"].items() if k.startswith("flow_net.")}
         if not weights:
             raise ValueError(f"{path} holds no flow network (model.input "
                              f"{state.get('config', {}).get('model', {}).get('input')!r})")
         width = state.get("config", {}).get("model", {}).get("flow_width")
+        refine = state.get("config", {}).get("model", {}).get("flow_refine", False)
     if width != flow_net.width:
         raise ValueError(f"{path} holds a flow network of width {width}; this model has model.flow_width="
                          f"{flow_net.width}: set model.flow_width={width} or pre-train one of that width")
+    if flow_net.refine and not refine:
+        # a network without the full-resolution level starts one with it: the new level's output
+        # layer starts at zero, so the flow equals the loaded network's until training moves it
+        fresh = {k: torch.zeros_like(v) if k.startswith("predict0.") else v
+                 for k, v in flow_net.state_dict().items() if k.startswith(("dec0.", "predict0."))}
+        weights = {**weights, **fresh}
+    elif bool(refine) != flow_net.refine:
+        raise ValueError(f"{path} holds a flow network {'with' if refine else 'without'} the full-resolution "
+                         f"level; this model has model.flow_refine={str(flow_net.refine).lower()}: set "
+                         f"model.flow_refine={str(bool(refine)).lower()} or pre-train one that matches")
     load_weights(flow_net, weights, path)
     return state.get("meta", {})
 
@@ -129,7 +142,12 @@ def pretrain_flow(
     save_config(cfg, out / "config.yaml")
     torch.manual_seed(cfg.seed)
     apply_process_settings(cfg)
-    flow_net = FlowNet(width=cfg.model.flow_width)
+    flow_net = FlowNet(width=cfg.model.flow_width, refine=cfg.model.flow_refine)
+    if cfg.model.flow_init != "none" and not (resume and (out / "last.pt").is_file()):
+        # continue from a pre-trained network (e.g. the shipped one, on your own videos)
+        meta = load_flow_weights(flow_net, cfg.model.flow_init)
+        log(f"flow network initialised from {cfg.model.flow_init}"
+            + (f" ({meta.get('steps')} steps of pre-training)" if meta.get("steps") else ""))
     normalise = Normalise()
     optimizer = torch.optim.Adam(flow_net.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
                                  **adam_options(cfg))

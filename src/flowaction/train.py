@@ -39,7 +39,7 @@ def build_model(cfg: Config, num_classes: int) -> JointModel:
     """The model a config describes."""
     m = cfg.model
     return build_joint_model(num_classes, m.depth, m.shortcut, m.flow_width, m.triplet_stride, m.input,
-                             zero_flow_output=m.flow_output_init == "zero")
+                             zero_flow_output=m.flow_output_init == "zero", flow_refine=m.flow_refine)
 
 
 def loss_weights(cfg: Config) -> LossWeights:

@@ -11,6 +11,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from flowaction.warp import backward_warp
+
 
 def _conv(in_ch: int, out_ch: int, stride: int = 1) -> nn.Sequential:
     return nn.Sequential(
@@ -29,9 +31,16 @@ class FlowNet(nn.Module):
         in_frames: frames per input group (3 in the paper).
         zero_output: start the prediction layers at zero (zero flow); False keeps PyTorch's
             random initialisation, so the first flows are small random fields.
+        refine: add a full-resolution level after the half-resolution one: it warps the middle
+            frame by the upsampled flow, compares it with the first frame and predicts a
+            correction at every pixel (sub-pixel motion and flow edges that the half-resolution
+            flow blurs).
     """
 
-    def __init__(self, width: int = 16, in_frames: int = 3, correlation_radius: int = 3, zero_output: bool = True) -> None:
+    def __init__(
+        self, width: int = 16, in_frames: int = 3, correlation_radius: int = 3, zero_output: bool = True,
+        refine: bool = False,
+    ) -> None:
         super().__init__()
         c1, c2, c3, c4 = width, 2 * width, 4 * width, 6 * width
         self.width = width
@@ -53,7 +62,15 @@ class FlowNet(nn.Module):
         self.predict2 = nn.Conv2d(c2, 2, 3, padding=1)
         self.dec1 = _conv(c2 + c2 + 2, c1)
         self.predict1 = nn.Conv2d(c1, 2, 3, padding=1)
-        for predictor in (self.predict3, self.predict2, self.predict1) if zero_output else ():
+        self.refine = refine
+        predictors = [self.predict3, self.predict2, self.predict1]
+        if refine:
+            # the frames, the warped middle frame, its difference to the first, the flow and the
+            # half-resolution decoder's features
+            self.dec0 = nn.Sequential(_conv(in_frames + 2 + 2 + c1, c1), _conv(c1, c1))
+            self.predict0 = nn.Conv2d(c1, 2, 3, padding=1)
+            predictors.append(self.predict0)
+        for predictor in predictors if zero_output else ():
             # start from zero flow: the identity warp is the natural initial guess. Without a flow
             # loss nothing would then move it (the action network's ReLUs pass no gradient at a
             # constant zero input), hence the option of PyTorch's random initialisation.
@@ -118,6 +135,12 @@ class FlowNet(nn.Module):
         d1 = self.dec1(torch.cat((F.interpolate(d2, size=x1.shape[-2:], mode="nearest"), x1, up2), 1))
         flow1 = up2 + self.predict1(d1)
         flow = self._upsample_flow(flow1, (height, width))
+        if self.refine:
+            frames = triplets[:, 0]  # (N, 3, H, W)
+            warped = backward_warp(frames[:, 1:2], flow)
+            features = F.interpolate(d1, size=(height, width), mode="nearest")
+            d0 = self.dec0(torch.cat((frames, warped, warped - frames[:, :1], flow, features), 1))
+            flow = flow + self.predict0(d0)
         if return_pyramid:
             return flow, [flow1, flow2, flow3]
         return flow

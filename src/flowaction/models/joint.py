@@ -157,6 +157,7 @@ def build_joint_model(
     triplet_stride: int = 3,
     input: str = "learned",
     zero_flow_output: bool = True,
+    flow_refine: bool = False,
 ) -> nn.Module:
     """The model for an action-network ``input`` (see :data:`INPUTS`); "learned" is the paper's."""
     if input not in INPUTS:
@@ -169,7 +170,7 @@ def build_joint_model(
         )
     fuse = input == "learned+frames"
     return JointModel(
-        FlowNet(width=flow_width, zero_output=zero_flow_output),
+        FlowNet(width=flow_width, zero_output=zero_flow_output, refine=flow_refine),
         resnet3d(depth, in_channels=3 if fuse else 2, num_classes=num_classes, shortcut=shortcut),
         triplet_stride=triplet_stride,
         fuse_frames=fuse,
