@@ -36,10 +36,12 @@ VARIANTS: dict[str, list[str]] = {
     "occlusion": ["loss.occlusion=true"],
     "census": ["loss.data_term=census"],
     "ssim": ["loss.data_term=ssim"],
-    # sub-pixel flow: rotation and expansion move a fraction of a pixel per frame
-    "smooth2": ["loss.smooth_order=2"],
-    "long-pair": ["loss.long_pair=1"],
-    "refine": ["model.flow_refine=true"],
+    # sub-pixel flow (rotation and expansion move a fraction of a pixel per frame), each from the
+    # shipped flow network like learned-pretrained: from scratch the flow barely leaves zero flow
+    # in a study run's few hundred steps, so a flow switch would show nothing there
+    "smooth2": ["model.flow_init=default", "loss.smooth_order=2"],
+    "long-pair": ["model.flow_init=default", "loss.long_pair=1"],
+    "refine": ["model.flow_init=default", "model.flow_refine=true"],
     # the paper's open questions: too few stacked flows (clip length T, triplet stride s)? loss weighting?
     "T8": ["data.num_frames=8"],
     "T32": ["data.num_frames=32"],
