@@ -3,7 +3,8 @@
 Its first layer is a 3D convolution over the triplet (temporal kernel 3, no temporal padding),
 which collapses time; the rest is a 2D encoder-decoder with skip connections that predicts the
 flow coarse-to-fine. Most of its work runs at 1/2 resolution and below: a full-resolution network
-costs as much per step as the 3D ResNet behind it.
+costs as much per step as the 3D ResNet behind it. An optional thin full-resolution level
+(``refine``) corrects the upsampled flow from the warp error it leaves.
 """
 from __future__ import annotations
 
