@@ -3,7 +3,10 @@
 1. Flow error per class on the test split (moving pixels: valid and |GT| > 0.1 px): the learned flow
    (the shipped flow network, the one in ``--flow-weights`` or in ``--checkpoint``), OpenCV DIS, and
    the mean ground-truth speed on the same pixels; and the learned flow's gain, its component along
-   the truth relative to the truth (below 1: the motion is underestimated). Classes that move by a fraction of a pixel per frame (rotation,
+   the truth relative to the truth (below 1: the motion is underestimated); and the photometric
+   penalty of eq. 1 (Charbonnier of the warp error) on the same pixels at the learned, the true and
+   zero flow: if the truth scores better than the learned flow, the loss is not what holds the
+   network back. Classes that move by a fraction of a pixel per frame (rotation,
    expansion) are where an error of 0.2 px hides the motion.
 2. An oracle: the demo's 3D ResNet trained on the ground-truth flow of the triplets' pairs (the flows
    a perfect flow network would give), with the demo's data, schedule and steps; test accuracy
@@ -28,6 +31,8 @@ from flowaction.config import load_config
 from flowaction.demo import preset_path
 from flowaction.evaluate import gt_flow_for_model, run_evaluation, video_scores
 from flowaction.forward import classical_stack
+from flowaction.losses import charbonnier, clip_triplet_pairs
+from flowaction.warp import backward_warp, in_frame_mask
 from flowaction.models.joint import num_triplets
 from flowaction.pretrain import load_flow_weights
 from flowaction.run import open_data
@@ -59,33 +64,49 @@ def flow_error_per_class(cfg, cache, checkpoint: str | None, flow_weights: str =
     else:
         load_flow_weights(model.flow_net, flow_weights)
     model.eval()
-    # class -> (learned error, DIS error, true speed, pixels, learned . truth, |truth|^2), summed
+    # class -> (learned error, DIS error, true speed, pixels, learned . truth, |truth|^2, photometric
+    # penalty at the learned flow, at the true flow, at zero flow, in-frame pixels), summed
     sums: dict[str, np.ndarray] = {}
+    stride = cfg.model.triplet_stride
     for batch in make_loader(cfg, cache, cfg.data.test_split, "val"):
         frames = batch["frames"]
         learned = model.flows(frames)
-        count = num_triplets(frames.shape[2], cfg.model.triplet_stride)
-        dis = classical_stack(frames, count, cfg.model.triplet_stride, "dis")
-        truth, valid = gt_flow_for_model(batch["flow"], batch["valid"], count, cfg.model.triplet_stride)
+        count = num_triplets(frames.shape[2], stride)
+        dis = classical_stack(frames, count, stride, "dis")
+        truth, valid = gt_flow_for_model(batch["flow"], batch["valid"], count, stride)
         speed = truth.norm(dim=1)
         moving = valid & (speed > 0.1)
+        # the data term of the flow loss (eq. 1) per pixel at each flow: does the loss itself prefer
+        # the truth on these pixels, or is the network failing to reach what the loss prefers?
+        prev, cur = clip_triplet_pairs(frames, count, stride)
+        penalties = {}
+        inside = moving.flatten(0, 1)
+        for name, flow in (("learned", learned), ("truth", truth), ("zero", torch.zeros_like(truth))):
+            flat = flow.transpose(1, 2).flatten(0, 1)
+            penalties[name] = charbonnier(backward_warp(cur, flat) - prev)[:, 0].view_as(moving)
+            inside = inside & (in_frame_mask(flat)[:, 0] > 0)
+        inside = inside.view_as(moving)
         for i, label in enumerate(batch["label"].tolist()):
-            where = moving[i]
-            sums.setdefault(cache.classes[label], np.zeros(6))[:] += [
+            where, seen = moving[i], inside[i]
+            sums.setdefault(cache.classes[label], np.zeros(10))[:] += [
                 float((learned[i] - truth[i]).norm(dim=0)[where].sum()),
                 float((dis[i] - truth[i]).norm(dim=0)[where].sum()),
                 float(speed[i][where].sum()),
                 float(where.sum()),
                 float((learned[i] * truth[i]).sum(dim=0)[where].sum()),
                 float((truth[i] ** 2).sum(dim=0)[where].sum()),
+                *(float(penalties[name][i][seen].sum()) for name in ("learned", "truth", "zero")),
+                float(seen.sum()),
             ]
     table = {}
-    for name, (learned_sum, dis_sum, speed_sum, pixels, along, energy) in sums.items():
-        n = max(pixels, 1.0)
+    for name, row in sums.items():
+        learned_sum, dis_sum, speed_sum, pixels, along, energy, at_learned, at_truth, at_zero, seen = row
+        n, m = max(pixels, 1.0), max(seen, 1.0)
         # gain: the learned flow's component along the truth, relative to the truth (1 = the right
         # length on average, 0.5 = half of the motion)
         table[name] = {"learned_epe": learned_sum / n, "dis_epe": dis_sum / n, "gt_speed": speed_sum / n,
-                       "learned_gain": along / max(energy, 1e-12)}
+                       "learned_gain": along / max(energy, 1e-12), "photometric_learned": at_learned / m,
+                       "photometric_truth": at_truth / m, "photometric_zero": at_zero / m}
     return table
 
 
@@ -134,10 +155,13 @@ def main(argv: list[str] | None = None) -> int:
     errors = flow_error_per_class(cfg, cache, args.checkpoint, args.flow_weights)
     source = args.checkpoint or ("shipped flow network" if args.flow_weights == "default" else args.flow_weights)
     print(f"moving-pixel EPE per class, test split ({source})")
-    print(f"{'class':12s} {'learned':>8s} {'DIS':>8s} {'|GT|':>8s} {'learned/|GT|':>13s} {'gain':>6s}")
+    print(f"{'class':12s} {'learned':>8s} {'DIS':>8s} {'|GT|':>8s} {'learned/|GT|':>13s} {'gain':>6s}"
+          f"   photometric x100 at: {'learned':>8s} {'truth':>8s} {'zero':>8s}")
     for name, row in errors.items():
         print(f"{name:12s} {row['learned_epe']:8.3f} {row['dis_epe']:8.3f} {row['gt_speed']:8.3f} "
-              f"{row['learned_epe'] / row['gt_speed']:13.2f} {row['learned_gain']:6.2f}")
+              f"{row['learned_epe'] / row['gt_speed']:13.2f} {row['learned_gain']:6.2f}"
+              f"   {'':21s}{100 * row['photometric_learned']:8.3f} {100 * row['photometric_truth']:8.3f} "
+              f"{100 * row['photometric_zero']:8.3f}")
     result = {"preset": args.preset, "flow_source": source, "flow_error_per_class": errors}
     if not args.skip_oracle:
         oracle_cfg = load_config(preset_path(args.preset), [

@@ -7,8 +7,9 @@ Each variant does ``--steps`` timed Adam steps (after one untimed) on random inp
 within the same run. Two further tables compare alternatives within one run, alternating them so
 that a busy machine slows both alike: Adam's three implementations (``optim.adam``: one optimiser
 step of the ResNet-10 and ResNet-18 joint models), the 3D ResNet's memory layout (contiguous
-against channels-last 3D, whole training steps) and the ``allocator`` setting (glibc's defaults
-against ``keep``, each in a fresh process since it is process-wide). Run::
+against channels-last 3D, whole training steps), the ``allocator`` setting (glibc's defaults
+against ``keep``, each in a fresh process since it is process-wide) and the flow network's
+full-resolution level (``model.flow_refine``, joint model; ``--only-refine`` runs just that). Run::
 
     .venv/bin/python benchmarks/bench_train.py --steps 5 --out benchmarks/results/train
 """
@@ -94,6 +95,17 @@ def layout_times(model_input: str, batch: int, steps: int, threads: int, rounds:
     return {layout: statistics.median(values) for layout, values in times.items()}
 
 
+def refine_times(batch: int, steps: int, threads: int, rounds: int = 3) -> dict[str, float]:
+    """Median joint-model training-step seconds without and with the flow network's
+    full-resolution level (``model.flow_refine``), alternating."""
+    times: dict[str, list[float]] = {"without": [], "with": []}
+    for _ in range(rounds):
+        for choice in times:
+            extra = [f"model.flow_refine={str(choice == 'with').lower()}"]
+            times[choice] += step_times("learned", batch, steps, threads, cfg_extra=extra)
+    return {choice: statistics.median(values) for choice, values in times.items()}
+
+
 def _allocator_worker(keep: bool, model_input: str, batch: int, steps: int, threads: int, queue) -> None:
     if keep:
         from flowaction.allocator import keep_heap_memory
@@ -160,7 +172,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/train"))
+    parser.add_argument("--only-refine", action="store_true",
+                        help="only the refine table (joint step without / with model.flow_refine), into refine.json")
     args = parser.parse_args(argv)
+    refine = refine_times(args.batch, args.steps, args.threads)
+    print(f"{'joint training step (s)':40s} {'without refine':>16s} {'with refine':>16s} {'ratio':>6s}")
+    print(f"{'':40s} {refine['without']:16.3f} {refine['with']:16.3f} {refine['with'] / refine['without']:5.2f}x\n")
+    if args.only_refine:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "refine.json").write_text(json.dumps({"batch": args.batch, "threads": args.threads,
+                                                          "torch": torch.__version__, "refine_step_s": refine}, indent=1))
+        return 0
     rows = {}
     for name, model_input in (("joint (learned flow)", "learned"), ("ResNet-18 on precomputed flows", "dis"),
                               ("ResNet-18 on 16 gray frames", "frames")):
@@ -190,6 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         results["adam_step_s"][f"resnet{depth}"] = adam
         print(f"{f'joint model, ResNet-{depth}':30s} {1000 * adam['fused']:8.1f} {1000 * adam['foreach']:8.1f} "
               f"{1000 * adam['loop']:8.1f} {adam['loop'] / adam['fused']:10.2f}x")
+    results["refine_step_s"] = refine
     results["layout_step_s"] = _compare(layout_times, ("contiguous", "channels_last_3d"), args)
     results["allocator_step_s"] = _compare(allocator_times, ("system", "keep"), args)
     args.out.mkdir(parents=True, exist_ok=True)
