@@ -15,6 +15,9 @@
 Run (about five minutes on two CPU cores)::
 
     .venv/bin/python benchmarks/bench_oracle_flow.py --out benchmarks/results/oracle_flow
+
+``--respawn RUN`` instead scores a demo run's ``best.pt`` per class on the test clips with and without
+a respawn (an object jumping to the other end of its radius range) in a pair its flows relate.
 """
 from __future__ import annotations
 
@@ -110,6 +113,40 @@ def flow_error_per_class(cfg, cache, checkpoint: str | None, flow_weights: str =
     return table
 
 
+@torch.no_grad()
+def respawn_accuracy(run: Path) -> dict[str, dict[str, int]]:
+    """Test accuracy of a generated-benchmark run's ``best.pt``, per class, split by whether an
+    object respawns (jumps to the other end of its radius range) in a pair the model's flows relate.
+
+    At a respawn the frames show a jump that any flow method sees, while the ground truth keeps the
+    physical motion: the oracle's flow hides what the frames show there.
+    """
+    from flowaction.checkpoint import load_checkpoint, load_weights
+    from flowaction.data.synthetic import SyntheticSpec, clip_rng, render_clip
+
+    cfg = load_config(run / "config.yaml", [])
+    cache = open_data(cfg, run, progress=False)
+    model = build_model(cfg, len(cache.classes))
+    load_weights(model, load_checkpoint(run / "best.pt")["model"], run / "best.pt")
+    model.eval()
+    s = cfg.data.synthetic
+    spec = SyntheticSpec(size=s.size, num_frames=s.num_frames, num_classes=s.num_classes)
+    counts: dict[str, dict[str, int]] = {}
+    for batch in make_loader(cfg, cache, cfg.data.test_split, "val"):
+        frames = batch["frames"]
+        predicted = model(frames)[0].argmax(1).tolist()
+        pairs = np.arange(num_triplets(frames.shape[2], cfg.model.triplet_stride)) * cfg.model.triplet_stride
+        for video, label, guess in zip(batch["video"].tolist(), batch["label"].tolist(), predicted):
+            split, index = cache.videos[video]["id"].split("/")
+            clip = render_clip(label, clip_rng(s.seed, split, int(index)), spec)
+            kind = "respawn" if clip.respawn[pairs].any() else "none"
+            row = counts.setdefault(cache.classes[label], {"respawn": 0, "respawn_correct": 0, "none": 0,
+                                                           "none_correct": 0})
+            row[kind] += 1
+            row[f"{kind}_correct"] += int(guess == label)
+    return counts
+
+
 def oracle_accuracy(cfg, cache, threads: int) -> dict:
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(threads)
@@ -141,8 +178,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/oracle_flow"), help="output folder")
     parser.add_argument("--data", type=Path, default=Path("runs/bench-oracle-flow/data"),
                         help="where the generated benchmark goes (made once, then reused)")
+    parser.add_argument("--respawn", type=Path, default=None, metavar="RUN",
+                        help="only: a demo run's test accuracy per class, clips with and without a respawn "
+                             "in a scored pair (uses RUN/config.yaml, RUN/best.pt and RUN's data)")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.respawn:
+        torch.set_num_threads(args.threads)
+        counts = respawn_accuracy(args.respawn)
+        print(f"test accuracy of {args.respawn / 'best.pt'}: clips with / without a respawn in a scored pair")
+        for name, row in counts.items():
+            cells = [f"{row[k + '_correct']}/{row[k]}" if row[k] else "-" for k in ("respawn", "none")]
+            print(f"{name:12s} {cells[0]:>8s} {cells[1]:>8s}")
+        (args.out / "respawn.json").write_text(json.dumps({"run": str(args.respawn), "per_class": counts}, indent=1))
+        return 0
     overrides = [f"data.synthetic_dir={args.data}"]
     if args.flow_weights != "default" and not args.checkpoint:
         from flowaction.checkpoint import load_checkpoint

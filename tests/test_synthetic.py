@@ -226,6 +226,12 @@ def test_respawn_steps_are_invalid() -> None:
         on_object = moving.sum(axis=(1, 2))
         valid_on_object = (moving & clip.valid).sum(axis=(1, 2))
         assert np.any((on_object > 0) & (valid_on_object == 0))
+        # the clip says where: its respawn steps are exactly the steps whose object pixels are all invalid
+        assert clip.respawn is not None and clip.respawn.shape == (spec.num_frames - 1,)
+        hidden = (on_object > 0) & (valid_on_object == 0)
+        assert np.array_equal(clip.respawn, hidden)
+    # motions without a radius cycle never respawn
+    assert not _clip("rotate_cw", spec=spec, index=0).respawn.any()
 
 
 # --- a single frame carries no class information ---------------------------------------------

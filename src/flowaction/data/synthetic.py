@@ -124,12 +124,16 @@ class SyntheticClip:
             the frame, or its bilinear footprint in t+1 touches another surface, so that
             backward-warping frame t+1 by flow[t] reproduces frame t wherever valid is True.
     label:  class index into ``CLASS_NAMES``.
+    respawn: (T-1,) bool; True where an object leaves the radius range between t and t+1 and
+            reappears at its other end (expansion, contraction): the frames show a jump there
+            while ``flow`` keeps the physical motion (and ``valid`` is False on its pixels).
     """
 
     frames: np.ndarray
     flow: np.ndarray
     valid: np.ndarray
     label: int
+    respawn: np.ndarray | None = None
 
 
 @dataclass
@@ -352,4 +356,5 @@ def render_clip(label: int, rng: np.random.Generator, spec: SyntheticSpec) -> Sy
 
     valid = _bilinear_footprint_valid(layers, flow) & ~respawned
     frames_u8 = np.clip(np.rint(frames), 0, 255).astype(np.uint8)
-    return SyntheticClip(frames=frames_u8, flow=flow, valid=valid, label=int(label))
+    any_respawn = np.any([track.respawn for track in tracks], axis=0) if tracks else np.zeros(steps - 1, bool)
+    return SyntheticClip(frames=frames_u8, flow=flow, valid=valid, label=int(label), respawn=any_respawn)
