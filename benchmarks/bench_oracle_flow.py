@@ -4,7 +4,7 @@
    (the shipped flow network, the one in ``--flow-weights`` or in ``--checkpoint``), OpenCV DIS, and
    the mean ground-truth speed on the same pixels; and the learned flow's gain, its component along
    the truth relative to the truth (below 1: the motion is underestimated); and the photometric
-   penalty of eq. 1 (Charbonnier of the warp error) on the same pixels at the learned, the true and
+   penalty of eq. 1 (the configured data term of the warp error) on the same pixels at the learned, the true and
    zero flow: if the truth scores better than the learned flow, the loss is not what holds the
    network back. Classes that move by a fraction of a pixel per frame (rotation,
    expansion) are where an error of 0.2 px hides the motion.
@@ -34,7 +34,7 @@ from flowaction.config import load_config
 from flowaction.demo import preset_path
 from flowaction.evaluate import gt_flow_for_model, run_evaluation, video_scores
 from flowaction.forward import classical_stack
-from flowaction.losses import charbonnier, clip_triplet_pairs
+from flowaction.losses import clip_triplet_pairs, data_penalty
 from flowaction.warp import backward_warp, in_frame_mask
 from flowaction.models.joint import num_triplets
 from flowaction.pretrain import load_flow_weights
@@ -82,11 +82,13 @@ def flow_error_per_class(cfg, cache, checkpoint: str | None, flow_weights: str =
         # the data term of the flow loss (eq. 1) per pixel at each flow: does the loss itself prefer
         # the truth on these pixels, or is the network failing to reach what the loss prefers?
         prev, cur = clip_triplet_pairs(frames, count, stride)
+        term = loss_weights(cfg)
         penalties = {}
         inside = moving.flatten(0, 1)
         for name, flow in (("learned", learned), ("truth", truth), ("zero", torch.zeros_like(truth))):
             flat = flow.transpose(1, 2).flatten(0, 1)
-            penalties[name] = charbonnier(backward_warp(cur, flat) - prev)[:, 0].view_as(moving)
+            penalty = data_penalty(backward_warp(cur, flat), prev, term.data_term, term.alpha, term.eps)
+            penalties[name] = penalty[:, 0].view_as(moving)
             inside = inside & (in_frame_mask(flat)[:, 0] > 0)
         inside = inside.view_as(moving)
         for i, label in enumerate(batch["label"].tolist()):
@@ -122,15 +124,17 @@ def respawn_accuracy(run: Path) -> dict[str, dict[str, int]]:
     physical motion: the oracle's flow hides what the frames show there.
     """
     from flowaction.checkpoint import load_checkpoint, load_weights
-    from flowaction.data.synthetic import SyntheticSpec, clip_rng, render_clip
+    from flowaction.data.synthetic import clip_rng, render_clip
+    from flowaction.run import synthetic_spec
 
     cfg = load_config(run / "config.yaml", [])
+    if cfg.data.cache or cfg.data.num_frames != cfg.data.synthetic.num_frames:
+        raise SystemExit(f"{run} must be a run on the generated benchmark whose clips are one clip long")
     cache = open_data(cfg, run, progress=False)
     model = build_model(cfg, len(cache.classes))
     load_weights(model, load_checkpoint(run / "best.pt")["model"], run / "best.pt")
     model.eval()
-    s = cfg.data.synthetic
-    spec = SyntheticSpec(size=s.size, num_frames=s.num_frames, num_classes=s.num_classes)
+    spec = synthetic_spec(cfg)
     counts: dict[str, dict[str, int]] = {}
     for batch in make_loader(cfg, cache, cfg.data.test_split, "val"):
         frames = batch["frames"]
@@ -138,7 +142,7 @@ def respawn_accuracy(run: Path) -> dict[str, dict[str, int]]:
         pairs = np.arange(num_triplets(frames.shape[2], cfg.model.triplet_stride)) * cfg.model.triplet_stride
         for video, label, guess in zip(batch["video"].tolist(), batch["label"].tolist(), predicted):
             split, index = cache.videos[video]["id"].split("/")
-            clip = render_clip(label, clip_rng(s.seed, split, int(index)), spec)
+            clip = render_clip(label, clip_rng(cfg.data.synthetic.seed, split, int(index)), spec)
             kind = "respawn" if clip.respawn[pairs].any() else "none"
             row = counts.setdefault(cache.classes[label], {"respawn": 0, "respawn_correct": 0, "none": 0,
                                                            "none_correct": 0})

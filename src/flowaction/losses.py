@@ -154,23 +154,24 @@ def forward_backward_visibility(
     return (mismatch <= bound).to(flow.dtype).detach()
 
 
-def clip_triplet_pairs(
-    frames: torch.Tensor, num_flows: int, stride: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The frames each flow of a clip relates: ``I_{k-1}`` and ``I_k`` of every triplet.
+def triplet_frames(frames: torch.Tensor, num_flows: int, stride: int, position: int) -> torch.Tensor:
+    """Frame ``position`` (0, 1 or 2) of every triplet of a clip, ``(B * N, 1, H, W)`` clip-major.
 
     Args:
         frames: ``(B, 1, T, H, W)`` clean frames in [0, 1].
         num_flows: ``N``, flows per clip.
         stride: triplet stride ``s``; triplet ``j`` is frames ``j*s, j*s+1, j*s+2``.
-
-    Returns:
-        Two ``(B * N, 1, H, W)`` tensors ordered clip-major like the stacked flows.
     """
-    first = torch.arange(num_flows, device=frames.device) * stride
-    prev = frames[:, :, first].transpose(1, 2).flatten(0, 1)
-    cur = frames[:, :, first + 1].transpose(1, 2).flatten(0, 1)
-    return prev, cur
+    index = torch.arange(num_flows, device=frames.device) * stride + position
+    return frames[:, :, index].transpose(1, 2).flatten(0, 1)
+
+
+def clip_triplet_pairs(
+    frames: torch.Tensor, num_flows: int, stride: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The frames each flow of a clip relates: ``I_{k-1}`` and ``I_k`` of every triplet, two
+    ``(B * N, 1, H, W)`` tensors ordered clip-major like the stacked flows (see :func:`triplet_frames`)."""
+    return triplet_frames(frames, num_flows, stride, 0), triplet_frames(frames, num_flows, stride, 1)
 
 
 @dataclass(frozen=True)
@@ -240,8 +241,7 @@ def flow_loss_terms(
     if w.long_pair > 0:
         # constant velocity: the first frame is also rebuilt from the third, warped by twice the
         # flow. The displacement doubles, and so does the photometric evidence of a sub-pixel motion.
-        third = frames[:, :, torch.arange(num_flows, device=frames.device) * stride + 2]
-        third = third.transpose(1, 2).flatten(0, 1)
+        third = triplet_frames(frames, num_flows, stride, 2)
         long = photometric_loss(prev, third, 2.0 * flat_flows, w.alpha, w.eps, term=w.data_term)
         photometric = (photometric + w.long_pair * long) / (1.0 + w.long_pair)
     if w.multiscale and pyramid:

@@ -75,10 +75,9 @@ def load_flow_weights(flow_net: FlowNet, source: str | os.PathLike) -> dict:
         fresh = {k: torch.zeros_like(v) if k.startswith("predict0.") else v
                  for k, v in flow_net.state_dict().items() if k.startswith(("dec0.", "predict0."))}
         weights = {**weights, **fresh}
-    elif bool(refine) != flow_net.refine:
-        raise ValueError(f"{path} holds a flow network {'with' if refine else 'without'} the full-resolution "
-                         f"level; this model has model.flow_refine={str(flow_net.refine).lower()}: set "
-                         f"model.flow_refine={str(bool(refine)).lower()} or pre-train one that matches")
+    elif refine and not flow_net.refine:
+        raise ValueError(f"{path} holds a flow network with the full-resolution level; this model has "
+                         f"model.flow_refine=false: set model.flow_refine=true or pre-train one without it")
     load_weights(flow_net, weights, path)
     return state.get("meta", {})
 

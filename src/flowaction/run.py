@@ -10,15 +10,22 @@ from flowaction.config import Config
 from flowaction.data.cache import ClipCache
 
 
+def synthetic_spec(cfg: Config):
+    """The generated benchmark's settings (``SyntheticSpec``) a config names."""
+    from flowaction.data.synthetic import SyntheticSpec
+
+    s = cfg.data.synthetic
+    return SyntheticSpec(size=s.size, num_frames=s.num_frames, num_classes=s.num_classes)
+
+
 def open_data(cfg: Config, out: str | Path, progress: bool = True) -> ClipCache:
     """The cache a config names, or the generated benchmark (made once, then reused)."""
     if cfg.data.cache:
         return ClipCache.open(cfg.data.cache)
     from flowaction.data.generate import synthetic_cache
-    from flowaction.data.synthetic import SyntheticSpec
 
     s = cfg.data.synthetic
-    spec = SyntheticSpec(size=s.size, num_frames=s.num_frames, num_classes=s.num_classes)
+    spec = synthetic_spec(cfg)
     target = Path(cfg.data.synthetic_dir) if cfg.data.synthetic_dir else Path(out) / "data"
     counts = {"train": s.train_per_class, "val": s.val_per_class, "test": s.test_per_class}
     return synthetic_cache(target, spec, counts, s.seed, progress=progress)

@@ -133,7 +133,7 @@ class SyntheticClip:
     flow: np.ndarray
     valid: np.ndarray
     label: int
-    respawn: np.ndarray | None = None
+    respawn: np.ndarray
 
 
 @dataclass
