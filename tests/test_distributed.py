@@ -302,6 +302,26 @@ def test_mixed_precision_keeps_the_flow_losses_in_float32(data_dir, tmp_path, am
         assert load_checkpoint(tmp_path / amp / "last.pt")["scaler"]["scale"] > 0
 
 
+@pytest.mark.parametrize("amx", [True, False])
+def test_amp_auto_picks_bf16_only_on_a_cpu_with_amx_and_the_run_keeps_it(data_dir, tmp_path, monkeypatch, amx):
+    from flowaction.config import load_config
+    from flowaction.train import resolve_amp
+
+    real = torch._C._cpu._get_cpu_capability()
+    monkeypatch.setattr(torch._C._cpu, "_get_cpu_capability", lambda: {**real, "amx_bf16": amx})
+    expected = "bf16" if amx else "off"
+    assert resolve_amp("auto", torch.device("cpu"))[0] == expected
+    assert resolve_amp("fp16", torch.device("cpu")) == ("fp16", "set")  # an explicit choice is kept
+    said = []
+    cfg = _cfg(data_dir, "optim.amp=auto", "optim.epochs=1")
+    summary = fit(cfg, open_data(cfg, data_dir.parent), tmp_path / "run", progress=False, log=said.append)
+    assert summary["amp"] == expected and cfg.optim.amp == "auto"  # the caller's config is not changed
+    assert any(f"optim.amp=auto -> {expected}" in line for line in said)
+    # the run's config.yaml holds what ran, so --resume on another machine trains in the same precision
+    assert load_config(tmp_path / "run" / "config.yaml", []).optim.amp == expected
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["config"]["optim"]["amp"] == expected
+
+
 def _check_config(rank: int, port: int, texts: list[str], results) -> None:
     import torch.distributed as dist
 

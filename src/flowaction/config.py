@@ -121,7 +121,9 @@ class OptimConfig:
     checkpoint_steps: int = 0  # > 0: also write last.pt every N optimiser steps (resume mid-epoch)
     accumulate: int = 1  # batches whose gradients make one optimiser step (effective batch x N)
     nonfinite: str = "stop"  # a NaN / inf loss: stop (keeping the last good checkpoint) or skip the step
-    amp: str = "off"  # mixed precision of the networks: off, bf16 or fp16 (GradScaler); losses stay fp32
+    # mixed precision of the networks: off, bf16, fp16 (GradScaler) or auto (bf16 where the device
+    # computes it natively: CUDA with bf16, a CPU with AMX-BF16; else off); losses stay fp32
+    amp: str = "off"
     compile: bool = False  # torch.compile the training step (minutes of compilation first; for long runs)
     channels_last: bool = False  # the 3D ResNet in channels-last 3D memory layout (for GPUs; slower on CPU)
     adam: str = "fused"  # Adam's implementation: fused (one kernel, fastest), foreach or loop (PyTorch's reference)
@@ -154,7 +156,7 @@ _CHOICES = {
     "model.classical_on": ("input", "clean"),
     "model.flow_output_init": ("zero", "random"),
     "optim.nonfinite": ("stop", "skip"),
-    "optim.amp": ("off", "bf16", "fp16"),
+    "optim.amp": ("off", "bf16", "fp16", "auto"),
     "optim.adam": ("fused", "foreach", "loop"),
     "allocator": ("keep", "system"),
 }

@@ -35,6 +35,30 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def native_bf16(device: torch.device) -> str:
+    """Why ``device`` runs bfloat16 matrix products natively ("" when it does not): a CUDA GPU
+    with bf16 support, or a CPU with Intel AMX-BF16 tiles (oneDNN's bf16 convolutions; without
+    them bf16 is emulated and slower than float32)."""
+    if device.type == "cuda":
+        return "a CUDA GPU with bf16 support" if torch.cuda.is_bf16_supported() else ""
+    if device.type == "cpu":
+        try:
+            capability = torch._C._cpu._get_cpu_capability()  # a private helper: absent, assume no AMX
+        except AttributeError:
+            return ""
+        return "a CPU with AMX-BF16" if capability.get("amx_bf16") else ""
+    return ""
+
+
+def resolve_amp(choice: str, device: torch.device) -> tuple[str, str]:
+    """``optim.amp`` as it will run: ``auto`` becomes ``bf16`` where the device computes bf16
+    natively, else ``off``; other choices stay. Returns ``(amp, reason)``."""
+    if choice != "auto":
+        return choice, "set"
+    reason = native_bf16(device)
+    return ("bf16", reason) if reason else ("off", f"{device.type}: no native bf16 matrix units")
+
+
 def build_model(cfg: Config, num_classes: int) -> JointModel:
     """The model a config describes."""
     m = cfg.model
@@ -389,6 +413,11 @@ def fit(
     context, device = distributed.setup(cfg.device)
     if not context.main:
         log, progress = (lambda *_: None), False
+    if cfg.optim.amp == "auto":
+        # resolved once and written into config.yaml, so a resumed run keeps the same precision
+        amp, reason = resolve_amp(cfg.optim.amp, device)
+        cfg = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, amp=amp))
+        log(f"mixed precision: optim.amp=auto -> {amp} ({reason})")
     out = Path(out)
     distributed.same_everywhere(context, repr(to_dict(cfg)), "config")
     distributed.same_everywhere(context, repr((cache.classes, [v["id"] for v in cache.videos])), "data")
@@ -513,7 +542,7 @@ def fit(
     if logger is not None:
         logger.close()
     return {"best": best, "epochs": epochs, "steps": step, "wall_seconds": time.time() - started,
-            "processes": context.world}
+            "processes": context.world, "amp": cfg.optim.amp}
 
 
 def evaluate_checkpoint(
