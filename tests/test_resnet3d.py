@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from flowaction.models.resnet3d import ResNet3d, resnet3d
+from flowaction.models.resnet3d import ResNet3d, TrimmedConv3d, resnet3d
 
 # Written out independently of the module under test (Hara's generate_model).
 BLOCKS = {
@@ -239,3 +239,37 @@ def test_rejects_bad_arguments() -> None:
     with pytest.raises(ValueError):
         resnet3d(18, shortcut="C")
     assert isinstance(resnet3d(10, num_classes=3), ResNet3d)
+
+
+_CONVS = [(3, 1, 1), (3, 2, 1), ((7, 7, 7), (1, 2, 2), (3, 3, 3)), (3, 1, 0)]
+_SIZES = [(1, 1, 1), (1, 2, 2), (2, 4, 3), (3, 5, 1), (5, 7, 7)]
+
+
+@pytest.mark.parametrize("kernel,stride,padding,size", [
+    (k, s, p, n) for k, s, p in _CONVS for n in _SIZES
+    if all(size + 2 * pad >= ker for size, ker, pad in zip(n, *(torch.nn.modules.utils._triple(v) for v in (k, p))))
+])
+def test_trimmed_conv_gives_the_outputs_and_gradients_of_the_full_kernel(kernel, stride, padding, size) -> None:
+    torch.manual_seed(0)
+    conv = TrimmedConv3d(3, 4, kernel, stride=stride, padding=padding, bias=True).double()
+    x = torch.randn(2, 3, *size, dtype=torch.double, requires_grad=True)
+    ours = conv(x)
+    reference = F.conv3d(x, conv.weight, conv.bias, conv.stride, conv.padding)
+    assert ours.shape == reference.shape and torch.allclose(ours, reference, atol=1e-12)
+    grad = torch.randn_like(ours)
+    mine = torch.autograd.grad(ours, (x, conv.weight, conv.bias), grad)
+    full = torch.autograd.grad(reference, (x, conv.weight, conv.bias), grad)
+    for a, b in zip(mine, full):
+        assert torch.allclose(a, b, atol=1e-12)
+
+
+def test_trimmed_conv_drops_the_taps_that_only_see_padding(monkeypatch) -> None:
+    conv = TrimmedConv3d(2, 2, 3, padding=1, bias=False)
+    calls = []
+    original = F.conv3d
+    # record the kernel each convolution runs with
+    monkeypatch.setattr(F, "conv3d", lambda x, w, *args: calls.append(tuple(w.shape[2:])) or original(x, w, *args))
+    conv(torch.randn(1, 2, 1, 1, 1))  # one position: only the centre tap reaches the input
+    conv(torch.randn(1, 2, 1, 4, 4))  # one frame: the temporal taps -1 and +1 see padding only
+    conv(torch.randn(1, 2, 3, 4, 4))  # every tap reaches the input: the whole kernel
+    assert calls == [(1, 1, 1), (1, 3, 3), (3, 3, 3)]

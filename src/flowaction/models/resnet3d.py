@@ -24,17 +24,58 @@ identical.
 
 from __future__ import annotations
 
+import functools
 from typing import Sequence, Type, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["BasicBlock", "Bottleneck", "ResNet3d", "resnet3d", "DEPTH_CONFIGS"]
+__all__ = ["BasicBlock", "Bottleneck", "ResNet3d", "TrimmedConv3d", "resnet3d", "DEPTH_CONFIGS"]
+
+
+@functools.lru_cache(maxsize=None)
+def _used_taps(size: int, kernel: int, stride: int, padding: int) -> tuple[int, int, int, int]:
+    """Along one dimension of a convolution: the taps that ever touch the input (not only the
+    zero padding), ``(first, last + 1)``, and the padding before and after the input that the
+    cropped kernel needs to give the same outputs."""
+    outputs = (size + 2 * padding - kernel) // stride + 1
+    used = [tap for tap in range(kernel) if any(0 <= o * stride - padding + tap < size for o in range(outputs))]
+    first, stop = used[0], used[-1] + 1
+    before = padding - first
+    # the cropped kernel spans (outputs - 1) * stride + (stop - first) positions from -before
+    after = (outputs - 1) * stride + (stop - first) - before - size
+    return first, stop, before, after
+
+
+class TrimmedConv3d(nn.Conv3d):
+    """``nn.Conv3d`` that skips the kernel taps which only ever multiply zero padding.
+
+    The deep stages of a 3D ResNet see clips only a few steps long and a few pixels wide (16
+    frames -> 5 flows -> T = 1 from ``layer3`` on; 32 x 32 crops -> 1 x 1 in ``layer4``): there
+    a 3 x 3 x 3 kernel with padding 1 touches the input with its centre alone, and the CPU
+    convolution still pays for all 27 taps, in the forward and, worse, the backward pass.
+    Cropping the kernel to the taps that reach the input gives the same outputs and the same
+    gradients (zero for the taps it drops, as before), with the same parameters and names.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.padding_mode != "zeros" or any(d != 1 for d in self.dilation) or isinstance(self.padding, str):
+            return super().forward(x)
+        plans = [_used_taps(n, k, s, p) for n, k, s, p in zip(x.shape[2:], self.kernel_size, self.stride, self.padding)]
+        if all(stop - first == k for (first, stop, _, _), k in zip(plans, self.kernel_size)):
+            return super().forward(x)  # every tap reaches the input
+        weight = self.weight[:, :, plans[0][0]:plans[0][1], plans[1][0]:plans[1][1], plans[2][0]:plans[2][1]]
+        if all(before == after for _, _, before, after in plans):
+            padding = tuple(before for _, _, before, _ in plans)
+        else:  # F.pad takes the last dimension first; a negative amount crops input nobody reads
+            x = F.pad(x, [amount for _, _, before, after in reversed(plans) for amount in (before, after)])
+            padding = 0
+        return F.conv3d(x, weight, self.bias, self.stride, padding, 1, self.groups)
 
 
 def _conv3x3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv3d:
-    return nn.Conv3d(in_planes, out_planes, kernel_size=3, stride=stride, padding=1, bias=False)
+    return TrimmedConv3d(in_planes, out_planes, kernel_size=3, stride=stride, padding=1, bias=False)
 
 
 def _conv1x1x1(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv3d:
@@ -152,7 +193,7 @@ class ResNet3d(nn.Module):
         self.no_max_pool = no_max_pool
         self.in_planes = widths[0]
 
-        self.conv1 = nn.Conv3d(in_channels, self.in_planes,
+        self.conv1 = TrimmedConv3d(in_channels, self.in_planes,
                                kernel_size=(conv1_t_size, 7, 7),
                                stride=(conv1_t_stride, 2, 2),
                                padding=(conv1_t_size // 2, 3, 3), bias=False)
