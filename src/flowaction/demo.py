@@ -116,7 +116,7 @@ def _run_demo_locked(out: Path, cfg: Config, preset: str, resume: bool, progress
             "generated benchmark); model.flow_init=none trains it from scratch as in the paper")
     elif cfg.model.flow_init != "none":
         log(f"flow network: starts from {cfg.model.flow_init}")
-    fit(cfg, cache, out, resume=resume, progress=progress, log=log)
+    summary = fit(cfg, cache, out, resume=resume, progress=progress, log=log)
     trained = time.time()
     split = cfg.data.test_split
     report = evaluate_checkpoint(out / "best.pt", cache, split, progress=progress)
@@ -138,6 +138,8 @@ def _run_demo_locked(out: Path, cfg: Config, preset: str, resume: bool, progress
         "flow_pictures": flow_pictures,
         "flow_init": cfg.model.flow_init,
         "flow_grad_scale": cfg.model.flow_grad_scale,
+        "amp": summary["amp"],  # the precision training ran in (optim.amp=auto resolved)
+        "train_steps": summary["steps"],
         "num_classes": len(cache.classes),
         "test_clips": report["num_clips"],
         "generate_seconds": generated - started,
