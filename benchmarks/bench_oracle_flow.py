@@ -3,7 +3,8 @@
 1. Flow error per class on the test split (moving pixels: valid and |GT| > 0.1 px): the learned flow
    (the shipped flow network, the one in ``--flow-weights`` or in ``--checkpoint``), OpenCV DIS, and
    the mean ground-truth speed on the same pixels; and the learned flow's gain, its component along
-   the truth relative to the truth (below 1: the motion is underestimated); and the photometric
+   the truth relative to the truth (below 1: the motion is underestimated), with the number of clips
+   whose gain is positive (their learned flow points the true way on the whole); and the photometric
    penalty of eq. 1 (the configured data term of the warp error) on the same pixels at the learned, the true and
    zero flow: if the truth scores better than the learned flow, the loss is not what holds the
    network back. Classes that move by a fraction of a pixel per frame (rotation,
@@ -93,25 +94,29 @@ def flow_error_per_class(cfg, cache, checkpoint: str | None, flow_weights: str =
         inside = inside.view_as(moving)
         for i, label in enumerate(batch["label"].tolist()):
             where, seen = moving[i], inside[i]
-            sums.setdefault(cache.classes[label], np.zeros(10))[:] += [
+            along = float((learned[i] * truth[i]).sum(dim=0)[where].sum())
+            sums.setdefault(cache.classes[label], np.zeros(12))[:] += [
                 float((learned[i] - truth[i]).norm(dim=0)[where].sum()),
                 float((dis[i] - truth[i]).norm(dim=0)[where].sum()),
                 float(speed[i][where].sum()),
                 float(where.sum()),
-                float((learned[i] * truth[i]).sum(dim=0)[where].sum()),
+                along,
                 float((truth[i] ** 2).sum(dim=0)[where].sum()),
                 *(float(penalties[name][i][seen].sum()) for name in ("learned", "truth", "zero")),
                 float(seen.sum()),
+                # does this clip's learned flow point the way the truth does, on the whole?
+                float(along > 0), float(bool(where.any())),
             ]
     table = {}
     for name, row in sums.items():
-        learned_sum, dis_sum, speed_sum, pixels, along, energy, at_learned, at_truth, at_zero, seen = row
+        learned_sum, dis_sum, speed_sum, pixels, along, energy, at_learned, at_truth, at_zero, seen, agree, clips = row
         n, m = max(pixels, 1.0), max(seen, 1.0)
         # gain: the learned flow's component along the truth, relative to the truth (1 = the right
         # length on average, 0.5 = half of the motion)
         table[name] = {"learned_epe": learned_sum / n, "dis_epe": dis_sum / n, "gt_speed": speed_sum / n,
                        "learned_gain": along / max(energy, 1e-12), "photometric_learned": at_learned / m,
-                       "photometric_truth": at_truth / m, "photometric_zero": at_zero / m}
+                       "photometric_truth": at_truth / m, "photometric_zero": at_zero / m,
+                       "clips_gain_positive": int(agree), "clips_moving": int(clips)}
     return table
 
 
@@ -208,11 +213,12 @@ def main(argv: list[str] | None = None) -> int:
     errors = flow_error_per_class(cfg, cache, args.checkpoint, args.flow_weights)
     source = args.checkpoint or ("shipped flow network" if args.flow_weights == "default" else args.flow_weights)
     print(f"moving-pixel EPE per class, test split ({source})")
-    print(f"{'class':12s} {'learned':>8s} {'DIS':>8s} {'|GT|':>8s} {'learned/|GT|':>13s} {'gain':>6s}"
+    print(f"{'class':12s} {'learned':>8s} {'DIS':>8s} {'|GT|':>8s} {'learned/|GT|':>13s} {'gain':>6s} {'gain>0':>7s}"
           f"   photometric x100 at: {'learned':>8s} {'truth':>8s} {'zero':>8s}")
     for name, row in errors.items():
+        agree = f"{row['clips_gain_positive']}/{row['clips_moving']}"
         print(f"{name:12s} {row['learned_epe']:8.3f} {row['dis_epe']:8.3f} {row['gt_speed']:8.3f} "
-              f"{row['learned_epe'] / row['gt_speed']:13.2f} {row['learned_gain']:6.2f}"
+              f"{row['learned_epe'] / row['gt_speed']:13.2f} {row['learned_gain']:6.2f} {agree:>7s}"
               f"   {'':21s}{100 * row['photometric_learned']:8.3f} {100 * row['photometric_truth']:8.3f} "
               f"{100 * row['photometric_zero']:8.3f}")
     result = {"preset": args.preset, "flow_source": source, "flow_error_per_class": errors}

@@ -9,7 +9,11 @@ that a busy machine slows both alike: Adam's three implementations (``optim.adam
 step of the ResNet-10 and ResNet-18 joint models), the 3D ResNet's memory layout (contiguous
 against channels-last 3D, whole training steps), the ``allocator`` setting (glibc's defaults
 against ``keep``, each in a fresh process since it is process-wide) and the flow network's
-full-resolution level (``model.flow_refine``, joint model; ``--only-refine`` runs just that). Run::
+full-resolution level (``model.flow_refine``, joint model; ``--only-refine`` runs just that), float32
+against bf16 autocast (``optim.amp``) and the 3D ResNet's convolutions with whole kernels against
+:class:`~flowaction.models.resnet3d.TrimmedConv3d` (``--only precision,trim`` runs just those two, into
+``precision.json``). ``--set KEY=VALUE`` changes the configuration of every variant, e.g. the demo's
+shape (``--set model.depth=10 --set data.crop=32 --batch 16``). Run::
 
     .venv/bin/python benchmarks/bench_train.py --steps 5 --out benchmarks/results/train
 """
@@ -32,6 +36,9 @@ from flowaction.forward import forward_batch
 from flowaction.train import build_model, build_optimizer, loss_weights
 
 
+SETTINGS: list[str] = []  # --set KEY=VALUE, applied to every variant's configuration
+
+
 def _batch(cfg, batch: int, flows: bool) -> dict:
     generator = torch.Generator().manual_seed(0)
     t, c = cfg.data.num_frames, cfg.data.crop
@@ -42,9 +49,9 @@ def _batch(cfg, batch: int, flows: bool) -> dict:
 
 
 def step_times(model_input: str, batch: int, steps: int, threads: int, runner=None, cfg_extra=(),
-               channels_last: bool = False) -> list[float]:
+               channels_last: bool = False, amp: str = "off") -> list[float]:
     torch.set_num_threads(threads)
-    cfg = load_config(None, [f"model.input={model_input}", "model.classical_on=clean", *cfg_extra])
+    cfg = load_config(None, [f"model.input={model_input}", "model.classical_on=clean", *SETTINGS, *cfg_extra])
     torch.manual_seed(0)
     model = build_model(cfg, 101)
     if channels_last:
@@ -56,9 +63,9 @@ def step_times(model_input: str, batch: int, steps: int, threads: int, runner=No
     for index in range(steps + 1):
         started = time.perf_counter()
         if runner is not None:
-            _, _, terms = runner(data, torch.device("cpu"), loss_weights(cfg), 0.05, False, 0.1)
+            _, _, terms = runner(data, torch.device("cpu"), loss_weights(cfg), 0.05, False, 0.1, amp)
         else:
-            _, _, terms = forward_batch(model, data, torch.device("cpu"), loss_weights(cfg), 0.05, False, 0.1)
+            _, _, terms = forward_batch(model, data, torch.device("cpu"), loss_weights(cfg), 0.05, False, 0.1, amp)
         optimizer.zero_grad(set_to_none=True)
         terms["total"].backward()
         optimizer.step()
@@ -93,6 +100,32 @@ def layout_times(model_input: str, batch: int, steps: int, threads: int, rounds:
         for layout in times:
             times[layout] += step_times(model_input, batch, steps, threads, channels_last=layout != "contiguous")
     return {layout: statistics.median(values) for layout, values in times.items()}
+
+
+def precision_times(model_input: str, batch: int, steps: int, threads: int, rounds: int = 3) -> dict[str, float]:
+    """Median training-step seconds in float32 and under bf16 autocast (``optim.amp``), alternating."""
+    times: dict[str, list[float]] = {"off": [], "bf16": []}
+    for _ in range(rounds):
+        for amp in times:
+            times[amp] += step_times(model_input, batch, steps, threads, amp=amp)
+    return {amp: statistics.median(values) for amp, values in times.items()}
+
+
+def trim_times(model_input: str, batch: int, steps: int, threads: int, rounds: int = 3) -> dict[str, float]:
+    """Median training-step seconds of the 3D ResNet convolving with whole kernels (``nn.Conv3d``)
+    and with the kernel taps that only see padding skipped (``TrimmedConv3d``, the model's own)."""
+    from flowaction.models.resnet3d import TrimmedConv3d
+
+    trimmed = TrimmedConv3d.forward
+    times: dict[str, list[float]] = {"whole": [], "trimmed": []}
+    try:
+        for _ in range(rounds):
+            for choice in times:
+                TrimmedConv3d.forward = trimmed if choice == "trimmed" else torch.nn.Conv3d.forward
+                times[choice] += step_times(model_input, batch, steps, threads)
+    finally:
+        TrimmedConv3d.forward = trimmed
+    return {choice: statistics.median(values) for choice, values in times.items()}
 
 
 def refine_times(batch: int, steps: int, threads: int, rounds: int = 3) -> dict[str, float]:
@@ -174,7 +207,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/train"))
     parser.add_argument("--only-refine", action="store_true",
                         help="only the refine table (joint step without / with model.flow_refine), into refine.json")
+    parser.add_argument("--only", default="", help="comma-separated: precision, trim (only these tables)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="configuration override for every variant (repeatable)")
     args = parser.parse_args(argv)
+    SETTINGS[:] = args.set
+    if args.only:
+        tables = {"precision": (precision_times, ("off", "bf16")), "trim": (trim_times, ("whole", "trimmed"))}
+        results = {name: _compare(*tables[name], args) for name in args.only.split(",")}
+        if "precision" in results:
+            joint, flows = (results["precision"][name] for name in ("joint (learned flow)", "ResNet-18 on precomputed flows"))
+            results["joint_overhead"] = {amp: joint[amp] / flows[amp] for amp in ("off", "bf16")}
+            print(f"joint step / precomputed-flow step: float32 {joint['off'] / flows['off']:.2f}x, "
+                  f"bf16 {joint['bf16'] / flows['bf16']:.2f}x")
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "precision.json").write_text(json.dumps({"batch": args.batch, "threads": args.threads,
+                                                             "settings": args.set, "torch": torch.__version__,
+                                                             **results}, indent=1))
+        return 0
     refine = refine_times(args.batch, args.steps, args.threads)
     print(f"{'joint training step (s)':40s} {'without refine':>16s} {'with refine':>16s} {'ratio':>6s}")
     print(f"{'':40s} {refine['without']:16.3f} {refine['with']:16.3f} {refine['with'] / refine['without']:5.2f}x\n")
@@ -213,6 +263,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{f'joint model, ResNet-{depth}':30s} {1000 * adam['fused']:8.1f} {1000 * adam['foreach']:8.1f} "
               f"{1000 * adam['loop']:8.1f} {adam['loop'] / adam['fused']:10.2f}x")
     results["refine_step_s"] = refine
+    results["precision_step_s"] = _compare(precision_times, ("off", "bf16"), args)
+    joint, flows = (results["precision_step_s"][name] for name in ("joint (learned flow)", "ResNet-18 on precomputed flows"))
+    results["joint_overhead_bf16"] = joint["bf16"] / flows["bf16"]
+    print(f"joint step / precomputed-flow step under bf16: {results['joint_overhead_bf16']:.2f}x")
+    results["trim_step_s"] = _compare(trim_times, ("whole", "trimmed"), args)
     results["layout_step_s"] = _compare(layout_times, ("contiguous", "channels_last_3d"), args)
     results["allocator_step_s"] = _compare(allocator_times, ("system", "keep"), args)
     args.out.mkdir(parents=True, exist_ok=True)
