@@ -39,6 +39,11 @@ from flowaction.train import build_model, build_optimizer, loss_weights
 SETTINGS: list[str] = []  # --set KEY=VALUE, applied to every variant's configuration
 
 
+def _on_flows() -> str:
+    """The name of the ResNet-on-precomputed-flows row, with the depth the settings give."""
+    return f"ResNet-{load_config(None, SETTINGS).model.depth} on precomputed flows"
+
+
 def _batch(cfg, batch: int, flows: bool) -> dict:
     generator = torch.Generator().manual_seed(0)
     t, c = cfg.data.num_frames, cfg.data.crop
@@ -193,7 +198,7 @@ def _compare(measure, choices: tuple[str, str], args) -> dict:
     first, second = choices
     print(f"\n{'training step (s)':40s} {first:>16s} {second:>16s} {'ratio':>6s}")
     table = {}
-    for name, model_input in (("joint (learned flow)", "learned"), ("ResNet-18 on precomputed flows", "dis")):
+    for name, model_input in (("joint (learned flow)", "learned"), (_on_flows(), "dis")):
         row = table[name] = measure(model_input, args.batch, args.steps, args.threads)
         print(f"{name:40s} {row[first]:16.3f} {row[second]:16.3f} {row[second] / row[first]:5.2f}x")
     return table
@@ -216,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         tables = {"precision": (precision_times, ("off", "bf16")), "trim": (trim_times, ("whole", "trimmed"))}
         results = {name: _compare(*tables[name], args) for name in args.only.split(",")}
         if "precision" in results:
-            joint, flows = (results["precision"][name] for name in ("joint (learned flow)", "ResNet-18 on precomputed flows"))
+            joint, flows = (results["precision"][name] for name in ("joint (learned flow)", _on_flows()))
             results["joint_overhead"] = {amp: joint[amp] / flows[amp] for amp in ("off", "bf16")}
             print(f"joint step / precomputed-flow step: float32 {joint['off'] / flows['off']:.2f}x, "
                   f"bf16 {joint['bf16'] / flows['bf16']:.2f}x")
@@ -264,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{1000 * adam['loop']:8.1f} {adam['loop'] / adam['fused']:10.2f}x")
     results["refine_step_s"] = refine
     results["precision_step_s"] = _compare(precision_times, ("off", "bf16"), args)
-    joint, flows = (results["precision_step_s"][name] for name in ("joint (learned flow)", "ResNet-18 on precomputed flows"))
+    joint, flows = (results["precision_step_s"][name] for name in ("joint (learned flow)", _on_flows()))
     results["joint_overhead_bf16"] = joint["bf16"] / flows["bf16"]
     print(f"joint step / precomputed-flow step under bf16: {results['joint_overhead_bf16']:.2f}x")
     results["trim_step_s"] = _compare(trim_times, ("whole", "trimmed"), args)
