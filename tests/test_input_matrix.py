@@ -52,6 +52,8 @@ def test_every_input_through_every_command(model_input, command, demos, video, t
     if command == "demo":
         metrics = json.loads((run / "metrics.json").read_text())
         assert metrics["model_input"] == model_input and 0.0 <= metrics["test_accuracy"] <= 1.0
+        # the precision training ran in (the tiny preset keeps float32) and how many steps it took
+        assert metrics["amp"] == "off" and isinstance(metrics["train_steps"], int) and metrics["train_steps"] > 0
         for name in ("curves.png", "confusion.png", "eval.json"):
             assert (run / name).is_file(), name
         # the flow pictures show the flow the model classified; a frames model has none, and says so

@@ -273,3 +273,5 @@ def test_trimmed_conv_drops_the_taps_that_only_see_padding(monkeypatch) -> None:
     conv(torch.randn(1, 2, 1, 4, 4))  # one frame: the temporal taps -1 and +1 see padding only
     conv(torch.randn(1, 2, 3, 4, 4))  # every tap reaches the input: the whole kernel
     assert calls == [(1, 1, 1), (1, 3, 3), (3, 3, 3)]
+    with pytest.raises(RuntimeError):  # an input smaller than the kernel: PyTorch's own error
+        TrimmedConv3d(2, 2, 3)(torch.randn(1, 2, 1, 4, 4))

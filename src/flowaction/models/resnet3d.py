@@ -35,12 +35,14 @@ __all__ = ["BasicBlock", "Bottleneck", "ResNet3d", "TrimmedConv3d", "resnet3d", 
 
 
 @functools.lru_cache(maxsize=None)
-def _used_taps(size: int, kernel: int, stride: int, padding: int) -> tuple[int, int, int, int]:
+def _used_taps(size: int, kernel: int, stride: int, padding: int) -> tuple[int, int, int, int] | None:
     """Along one dimension of a convolution: the taps that ever touch the input (not only the
     zero padding), ``(first, last + 1)``, and the padding before and after the input that the
-    cropped kernel needs to give the same outputs."""
+    cropped kernel needs to give the same outputs; None when there is no output position."""
     outputs = (size + 2 * padding - kernel) // stride + 1
     used = [tap for tap in range(kernel) if any(0 <= o * stride - padding + tap < size for o in range(outputs))]
+    if not used:
+        return None
     first, stop = used[0], used[-1] + 1
     before = padding - first
     # the cropped kernel spans (outputs - 1) * stride + (stop - first) positions from -before
@@ -63,8 +65,8 @@ class TrimmedConv3d(nn.Conv3d):
         if self.padding_mode != "zeros" or any(d != 1 for d in self.dilation) or isinstance(self.padding, str):
             return super().forward(x)
         plans = [_used_taps(n, k, s, p) for n, k, s, p in zip(x.shape[2:], self.kernel_size, self.stride, self.padding)]
-        if all(stop - first == k for (first, stop, _, _), k in zip(plans, self.kernel_size)):
-            return super().forward(x)  # every tap reaches the input
+        if None in plans or all(stop - first == k for (first, stop, _, _), k in zip(plans, self.kernel_size)):
+            return super().forward(x)  # every tap reaches the input (or too small an input: PyTorch's error)
         weight = self.weight[:, :, plans[0][0]:plans[0][1], plans[1][0]:plans[1][1], plans[2][0]:plans[2][1]]
         if all(before == after for _, _, before, after in plans):
             padding = tuple(before for _, _, before, _ in plans)
