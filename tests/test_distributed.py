@@ -322,6 +322,15 @@ def test_amp_auto_picks_bf16_only_on_a_cpu_with_amx_and_the_run_keeps_it(data_di
     assert load_checkpoint(tmp_path / "run" / "last.pt")["config"]["optim"]["amp"] == expected
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_amp_auto_on_a_gpu_takes_bf16_only_where_it_is_not_emulated(monkeypatch, native):
+    from flowaction.train import resolve_amp
+
+    # a GPU before Ampere reports bf16 "supported" through emulation, which is slower than float32
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: native or including_emulation)
+    assert resolve_amp("auto", torch.device("cuda"))[0] == ("bf16" if native else "off")
+
+
 def _check_config(rank: int, port: int, texts: list[str], results) -> None:
     import torch.distributed as dist
 

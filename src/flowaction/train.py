@@ -40,7 +40,8 @@ def native_bf16(device: torch.device) -> str:
     with bf16 support, or a CPU with Intel AMX-BF16 tiles (oneDNN's bf16 convolutions; without
     them bf16 is emulated and slower than float32)."""
     if device.type == "cuda":
-        return "a CUDA GPU with bf16 support" if torch.cuda.is_bf16_supported() else ""
+        # emulated bf16 (GPUs before Ampere) is slower than float32
+        return "a CUDA GPU with bf16 support" if torch.cuda.is_bf16_supported(including_emulation=False) else ""
     if device.type == "cpu":
         try:
             capability = torch._C._cpu._get_cpu_capability()  # a private helper: absent, assume no AMX
