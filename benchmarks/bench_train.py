@@ -98,22 +98,25 @@ def adam_times(depth: int, reps: int, threads: int) -> dict[str, float]:
     return {impl: statistics.median(values) for impl, values in times.items()}
 
 
+def _alternate(choices: tuple[str, ...], measure, rounds: int = 3) -> dict[str, float]:
+    """Median of ``measure(choice)`` (a list of step seconds) per choice, the choices taking turns
+    ``rounds`` times so that a busy machine slows them alike."""
+    times: dict[str, list[float]] = {choice: [] for choice in choices}
+    for _ in range(rounds):
+        for choice in choices:
+            times[choice] += measure(choice)
+    return {choice: statistics.median(values) for choice, values in times.items()}
+
+
 def layout_times(model_input: str, batch: int, steps: int, threads: int, rounds: int = 3) -> dict[str, float]:
     """Median training-step seconds with the 3D ResNet contiguous and channels-last 3D."""
-    times: dict[str, list[float]] = {"contiguous": [], "channels_last_3d": []}
-    for _ in range(rounds):
-        for layout in times:
-            times[layout] += step_times(model_input, batch, steps, threads, channels_last=layout != "contiguous")
-    return {layout: statistics.median(values) for layout, values in times.items()}
+    return _alternate(("contiguous", "channels_last_3d"), lambda layout: step_times(
+        model_input, batch, steps, threads, channels_last=layout != "contiguous"), rounds)
 
 
 def precision_times(model_input: str, batch: int, steps: int, threads: int, rounds: int = 3) -> dict[str, float]:
     """Median training-step seconds in float32 and under bf16 autocast (``optim.amp``), alternating."""
-    times: dict[str, list[float]] = {"off": [], "bf16": []}
-    for _ in range(rounds):
-        for amp in times:
-            times[amp] += step_times(model_input, batch, steps, threads, amp=amp)
-    return {amp: statistics.median(values) for amp, values in times.items()}
+    return _alternate(("off", "bf16"), lambda amp: step_times(model_input, batch, steps, threads, amp=amp), rounds)
 
 
 def trim_times(model_input: str, batch: int, steps: int, threads: int, rounds: int = 3) -> dict[str, float]:
@@ -122,26 +125,22 @@ def trim_times(model_input: str, batch: int, steps: int, threads: int, rounds: i
     from flowaction.models.resnet3d import TrimmedConv3d
 
     trimmed = TrimmedConv3d.forward
-    times: dict[str, list[float]] = {"whole": [], "trimmed": []}
+
+    def measure(choice: str) -> list[float]:
+        TrimmedConv3d.forward = trimmed if choice == "trimmed" else torch.nn.Conv3d.forward
+        return step_times(model_input, batch, steps, threads)
+
     try:
-        for _ in range(rounds):
-            for choice in times:
-                TrimmedConv3d.forward = trimmed if choice == "trimmed" else torch.nn.Conv3d.forward
-                times[choice] += step_times(model_input, batch, steps, threads)
+        return _alternate(("whole", "trimmed"), measure, rounds)
     finally:
         TrimmedConv3d.forward = trimmed
-    return {choice: statistics.median(values) for choice, values in times.items()}
 
 
 def refine_times(batch: int, steps: int, threads: int, rounds: int = 3) -> dict[str, float]:
     """Median joint-model training-step seconds without and with the flow network's
     full-resolution level (``model.flow_refine``), alternating."""
-    times: dict[str, list[float]] = {"without": [], "with": []}
-    for _ in range(rounds):
-        for choice in times:
-            extra = [f"model.flow_refine={str(choice == 'with').lower()}"]
-            times[choice] += step_times("learned", batch, steps, threads, cfg_extra=extra)
-    return {choice: statistics.median(values) for choice, values in times.items()}
+    return _alternate(("without", "with"), lambda choice: step_times(
+        "learned", batch, steps, threads, cfg_extra=[f"model.flow_refine={str(choice == 'with').lower()}"]), rounds)
 
 
 def _allocator_worker(keep: bool, model_input: str, batch: int, steps: int, threads: int, queue) -> None:
@@ -155,16 +154,17 @@ def _allocator_worker(keep: bool, model_input: str, batch: int, steps: int, thre
 def allocator_times(model_input: str, batch: int, steps: int, threads: int, rounds: int = 3) -> dict[str, float]:
     """Median training-step seconds with glibc's default allocator settings and with ``keep``."""
     context = mp.get_context("spawn")
-    times: dict[str, list[float]] = {"system": [], "keep": []}
-    for _ in range(rounds):
-        for choice in times:
-            queue = context.SimpleQueue()
-            process = context.Process(target=_allocator_worker,
-                                      args=(choice == "keep", model_input, batch, steps, threads, queue))
-            process.start()
-            times[choice] += queue.get()
-            process.join()
-    return {choice: statistics.median(values) for choice, values in times.items()}
+
+    def measure(choice: str) -> list[float]:  # in a fresh process: the setting is process-wide
+        queue = context.SimpleQueue()
+        process = context.Process(target=_allocator_worker,
+                                  args=(choice == "keep", model_input, batch, steps, threads, queue))
+        process.start()
+        times = queue.get()
+        process.join()
+        return times
+
+    return _alternate(("system", "keep"), measure, rounds)
 
 
 def _ddp_worker(rank: int, world: int, port: int, batch: int, steps: int, queue) -> None:
