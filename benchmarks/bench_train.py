@@ -44,6 +44,11 @@ def _on_flows() -> str:
     return f"ResNet-{load_config(None, SETTINGS).model.depth} on precomputed flows"
 
 
+def _use_settings(settings: list[str]) -> None:
+    """In a spawned worker process: the parent's ``--set`` overrides (module state is not inherited)."""
+    SETTINGS[:] = settings
+
+
 def _batch(cfg, batch: int, flows: bool) -> dict:
     generator = torch.Generator().manual_seed(0)
     t, c = cfg.data.num_frames, cfg.data.crop
@@ -143,7 +148,9 @@ def refine_times(batch: int, steps: int, threads: int, rounds: int = 3) -> dict[
         "learned", batch, steps, threads, cfg_extra=[f"model.flow_refine={str(choice == 'with').lower()}"]), rounds)
 
 
-def _allocator_worker(keep: bool, model_input: str, batch: int, steps: int, threads: int, queue) -> None:
+def _allocator_worker(keep: bool, model_input: str, batch: int, steps: int, threads: int, queue,
+                      settings: list[str]) -> None:
+    _use_settings(settings)
     if keep:
         from flowaction.allocator import keep_heap_memory
 
@@ -158,7 +165,7 @@ def allocator_times(model_input: str, batch: int, steps: int, threads: int, roun
     def measure(choice: str) -> list[float]:  # in a fresh process: the setting is process-wide
         queue = context.SimpleQueue()
         process = context.Process(target=_allocator_worker,
-                                  args=(choice == "keep", model_input, batch, steps, threads, queue))
+                                  args=(choice == "keep", model_input, batch, steps, threads, queue, list(SETTINGS)))
         process.start()
         times = queue.get()
         process.join()
@@ -167,11 +174,12 @@ def allocator_times(model_input: str, batch: int, steps: int, threads: int, roun
     return _alternate(("system", "keep"), measure, rounds)
 
 
-def _ddp_worker(rank: int, world: int, port: int, batch: int, steps: int, queue) -> None:
+def _ddp_worker(rank: int, world: int, port: int, batch: int, steps: int, queue, settings: list[str]) -> None:
     import torch.distributed as dist
 
     from flowaction.train import _Step
 
+    _use_settings(settings)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
@@ -189,17 +197,20 @@ def ddp_times(world: int, batch: int, steps: int) -> list[float]:
         port = sock.getsockname()[1]
     context = mp.get_context("spawn")
     queue = context.SimpleQueue()
-    mp.start_processes(_ddp_worker, args=(world, port, batch, steps, queue), nprocs=world, start_method="spawn")
+    mp.start_processes(_ddp_worker, args=(world, port, batch, steps, queue, list(SETTINGS)), nprocs=world,
+                       start_method="spawn")
     return queue.get()
 
 
-def _compare(measure, choices: tuple[str, str], args) -> dict:
-    """Print and return ``measure``'s two alternatives for the joint model and the ResNet on flows."""
-    first, second = choices
-    print(f"\n{'training step (s)':40s} {first:>16s} {second:>16s} {'ratio':>6s}")
+def _compare(measure, args) -> dict:
+    """Print and return ``measure``'s two alternatives (in the order it measures them) for the joint
+    model and the ResNet on flows."""
     table = {}
     for name, model_input in (("joint (learned flow)", "learned"), (_on_flows(), "dis")):
         row = table[name] = measure(model_input, args.batch, args.steps, args.threads)
+        first, second = row
+        if len(table) == 1:
+            print(f"\n{'training step (s)':40s} {first:>16s} {second:>16s} {'ratio':>6s}")
         print(f"{name:40s} {row[first]:16.3f} {row[second]:16.3f} {row[second] / row[first]:5.2f}x")
     return table
 
@@ -218,8 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     SETTINGS[:] = args.set
     if args.only:
-        tables = {"precision": (precision_times, ("off", "bf16")), "trim": (trim_times, ("whole", "trimmed"))}
-        results = {name: _compare(*tables[name], args) for name in args.only.split(",")}
+        tables = {"precision": precision_times, "trim": trim_times}
+        results = {name: _compare(tables[name], args) for name in args.only.split(",")}
         if "precision" in results:
             joint, flows = (results["precision"][name] for name in ("joint (learned flow)", _on_flows()))
             results["joint_overhead"] = {amp: joint[amp] / flows[amp] for amp in ("off", "bf16")}
@@ -239,8 +250,9 @@ def main(argv: list[str] | None = None) -> int:
                                                           "torch": torch.__version__, "refine_step_s": refine}, indent=1))
         return 0
     rows = {}
-    for name, model_input in (("joint (learned flow)", "learned"), ("ResNet-18 on precomputed flows", "dis"),
-                              ("ResNet-18 on 16 gray frames", "frames")):
+    depth = load_config(None, SETTINGS).model.depth
+    for name, model_input in (("joint (learned flow)", "learned"), (_on_flows(), "dis"),
+                              (f"ResNet-{depth} on 16 gray frames", "frames")):
         times = step_times(model_input, args.batch, args.steps, args.threads)
         rows[f"{name}, 1 process x {args.threads} threads"] = (statistics.median(times), args.batch)
     one = step_times("learned", args.batch, args.steps, 1)
@@ -253,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
         results[name] = {"median_step_s": seconds, "clips_per_s": clips / seconds}
         print(f"{name:50s} {seconds:8.3f} {clips / seconds:8.2f}")
     joint = results[f"joint (learned flow), 1 process x {args.threads} threads"]["median_step_s"]
-    flows = results[f"ResNet-18 on precomputed flows, 1 process x {args.threads} threads"]["median_step_s"]
+    flows = results[f"{_on_flows()}, 1 process x {args.threads} threads"]["median_step_s"]
     ddp = results["joint, 2 processes x 1 thread (DDP, gloo)"]["clips_per_s"]
     single = results["joint, 1 process x 1 thread"]["clips_per_s"]
     print(f"joint step / precomputed-flow step: {joint / flows:.2f}x; 2 processes / 1 process (1 thread each): "
@@ -268,13 +280,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{f'joint model, ResNet-{depth}':30s} {1000 * adam['fused']:8.1f} {1000 * adam['foreach']:8.1f} "
               f"{1000 * adam['loop']:8.1f} {adam['loop'] / adam['fused']:10.2f}x")
     results["refine_step_s"] = refine
-    results["precision_step_s"] = _compare(precision_times, ("off", "bf16"), args)
+    results["precision_step_s"] = _compare(precision_times, args)
     joint, flows = (results["precision_step_s"][name] for name in ("joint (learned flow)", _on_flows()))
     results["joint_overhead_bf16"] = joint["bf16"] / flows["bf16"]
     print(f"joint step / precomputed-flow step under bf16: {results['joint_overhead_bf16']:.2f}x")
-    results["trim_step_s"] = _compare(trim_times, ("whole", "trimmed"), args)
-    results["layout_step_s"] = _compare(layout_times, ("contiguous", "channels_last_3d"), args)
-    results["allocator_step_s"] = _compare(allocator_times, ("system", "keep"), args)
+    results["trim_step_s"] = _compare(trim_times, args)
+    results["layout_step_s"] = _compare(layout_times, args)
+    results["allocator_step_s"] = _compare(allocator_times, args)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "train.json").write_text(json.dumps({"batch": args.batch, "threads": args.threads,
                                                      "torch": torch.__version__, **results}, indent=1))
