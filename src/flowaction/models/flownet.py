@@ -89,13 +89,14 @@ class FlowNet(nn.Module):
         """
         r = self.correlation_radius
         height, width = first.shape[-2:]
-        padded = F.pad(second, (r, r, r, r), mode="replicate")
-        costs = [
-            (first - padded[:, :, r + dy : r + dy + height, r + dx : r + dx + width]) ** 2
-            for dy in range(-r, r + 1)
-            for dx in range(-r, r + 1)
-        ]
-        return F.avg_pool2d(torch.cat(costs, dim=1), 2, ceil_mode=True)
+        padded = F.pad(second, (r, r, r, r), mode="replicate")[:, 0]
+        shifts = [(dy, dx) for dy in range(-r, r + 1) for dx in range(-r, r + 1)]
+        # each difference is written straight into its channel, then squared in place: a third
+        # less memory traffic than stacking separately computed squares (the inputs need no gradient)
+        costs = first.new_empty(first.shape[0], len(shifts), height, width)
+        for channel, (dy, dx) in enumerate(shifts):
+            torch.sub(first[:, 0], padded[:, r + dy : r + dy + height, r + dx : r + dx + width], out=costs[:, channel])
+        return F.avg_pool2d(costs.square_(), 2, ceil_mode=True)
 
     @staticmethod
     def _upsample_flow(flow: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
