@@ -10,9 +10,11 @@ step of the ResNet-10 and ResNet-18 joint models), the 3D ResNet's memory layout
 against channels-last 3D, whole training steps), the ``allocator`` setting (glibc's defaults
 against ``keep``, each in a fresh process since it is process-wide) and the flow network's
 full-resolution level (``model.flow_refine``, joint model; ``--only-refine`` runs just that), float32
-against bf16 autocast (``optim.amp``) and the 3D ResNet's convolutions with whole kernels against
-:class:`~flowaction.models.resnet3d.TrimmedConv3d` (``--only precision,trim`` runs just those two, into
-``precision.json``). ``--set KEY=VALUE`` changes the configuration of every variant, e.g. the demo's
+against bf16 autocast (``optim.amp``), the 3D ResNet's convolutions with whole kernels against
+:class:`~flowaction.models.resnet3d.TrimmedConv3d`, and the stem's input gradient from oneDNN against
+PyTorch's GEMM route (``--only precision,trim,stem`` runs just those, into ``precision.json``: the file
+is named after the first). Every run also counts the GFLOP of a joint step and of a ResNet-on-flows
+step (``torch.utils.flop_counter``): their ratio is the step-time ratio at equal speed per FLOP. ``--set KEY=VALUE`` changes the configuration of every variant, e.g. the demo's
 shape (``--set model.depth=10 --set data.crop=32 --batch 16``). Run::
 
     .venv/bin/python benchmarks/bench_train.py --steps 5 --out benchmarks/results/train
@@ -84,6 +86,30 @@ def step_times(model_input: str, batch: int, steps: int, threads: int, runner=No
     return times
 
 
+def step_flops(model_input: str, batch: int) -> dict[str, float]:
+    """GFLOP of one training step's convolutions and matrix products (forward and backward, as
+    ``torch.utils.flop_counter`` counts them), in all and by network: the work a step cannot avoid."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from flowaction.models import resnet3d
+
+    cfg = load_config(None, [f"model.input={model_input}", "model.classical_on=clean", *SETTINGS])
+    torch.manual_seed(0)
+    model = build_model(cfg, 101)
+    counter = FlopCounterMode(display=False)
+    default, resnet3d.GEMM_INPUT_GRAD_MAX_CHANNELS = resnet3d.GEMM_INPUT_GRAD_MAX_CHANNELS, 0
+    try:  # the counter knows convolution_backward, not the GEMM route to the same input gradient
+        with counter:
+            _, _, terms = forward_batch(model, _batch(cfg, batch, model_input in ("dis", "farneback")),
+                                        torch.device("cpu"), loss_weights(cfg), 0.05, False, 0.1, "off")
+            terms["total"].backward()
+    finally:
+        resnet3d.GEMM_INPUT_GRAD_MAX_CHANNELS = default
+    total = counter.get_total_flops() / 1e9
+    flow = sum(counter.get_flop_counts().get("FlowNet", {}).values()) / 1e9  # 0 for the baselines
+    return {"total": total, "flow network": flow, "action network": total - flow}
+
+
 def adam_times(depth: int, reps: int, threads: int) -> dict[str, float]:
     """Median seconds of one Adam step per ``optim.adam`` implementation, on random gradients."""
     torch.set_num_threads(threads)
@@ -139,6 +165,23 @@ def trim_times(model_input: str, batch: int, steps: int, threads: int, rounds: i
         return _alternate(("whole", "trimmed"), measure, rounds)
     finally:
         TrimmedConv3d.forward = trimmed
+
+
+def stem_times(model_input: str, batch: int, steps: int, threads: int, rounds: int = 3) -> dict[str, float]:
+    """Median training-step seconds with the 3D ResNet stem's input gradient from oneDNN and from
+    PyTorch's GEMM-based transposed convolution (the model's own choice in float32 on a CPU)."""
+    from flowaction.models import resnet3d
+
+    default = resnet3d.GEMM_INPUT_GRAD_MAX_CHANNELS
+
+    def measure(choice: str) -> list[float]:
+        resnet3d.GEMM_INPUT_GRAD_MAX_CHANNELS = default if choice == "gemm" else 0
+        return step_times(model_input, batch, steps, threads)
+
+    try:
+        return _alternate(("onednn", "gemm"), measure, rounds)
+    finally:
+        resnet3d.GEMM_INPUT_GRAD_MAX_CHANNELS = default
 
 
 def refine_times(batch: int, steps: int, threads: int, rounds: int = 3) -> dict[str, float]:
@@ -215,6 +258,23 @@ def _compare(measure, args) -> dict:
     return table
 
 
+def flops_table(batch: int) -> dict:
+    """Print and return the GFLOP of a joint step and of a ResNet-on-flows step, and their ratio:
+    the step-time ratio the joint model would have if every FLOP cost the same time."""
+    table = {"joint (learned flow)": step_flops("learned", batch), _on_flows(): step_flops("dis", batch)}
+    print(f"\n{f'GFLOP per training step (batch {batch})':40s} {'total':>8s} {'flow net':>9s} {'action net':>11s}")
+    for name, row in table.items():
+        print(f"{name:40s} {row['total']:8.2f} {row['flow network']:9.2f} {row['action network']:11.2f}")
+    joint, flows = table.values()
+    table["ratio"] = joint["total"] / flows["total"]
+    # with a free flow network the joint model still pays its action network's extra work: the
+    # gradient into the flows (the stem's input gradient), which a ResNet on fixed input skips
+    table["ratio_without_flow_network"] = joint["action network"] / flows["total"]
+    print(f"joint / precomputed-flow GFLOP: {table['ratio']:.2f}x; without the flow network's own: "
+          f"{table['ratio_without_flow_network']:.2f}x")
+    return table
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=8, help="clips per step and process")
@@ -223,21 +283,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/train"))
     parser.add_argument("--only-refine", action="store_true",
                         help="only the refine table (joint step without / with model.flow_refine), into refine.json")
-    parser.add_argument("--only", default="", help="comma-separated: precision, trim (only these tables)")
+    parser.add_argument("--only", default="",
+                        help="comma-separated: precision, trim, stem (only these tables, into <first name>.json)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="configuration override for every variant (repeatable)")
     args = parser.parse_args(argv)
     SETTINGS[:] = args.set
     if args.only:
-        tables = {"precision": precision_times, "trim": trim_times}
-        results = {name: _compare(tables[name], args) for name in args.only.split(",")}
+        tables = {"precision": precision_times, "trim": trim_times, "stem": stem_times}
+        names = args.only.split(",")
+        unknown = [name for name in names if name not in tables]
+        if unknown:
+            parser.error(f"--only: unknown table(s) {', '.join(unknown)}; choose from {', '.join(tables)}")
+        results = {name: _compare(tables[name], args) for name in names}
+        results["step_gflop"] = flops_table(args.batch)
         if "precision" in results:
             joint, flows = (results["precision"][name] for name in ("joint (learned flow)", _on_flows()))
             results["joint_overhead"] = {amp: joint[amp] / flows[amp] for amp in ("off", "bf16")}
             print(f"joint step / precomputed-flow step: float32 {joint['off'] / flows['off']:.2f}x, "
                   f"bf16 {joint['bf16'] / flows['bf16']:.2f}x")
         args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "precision.json").write_text(json.dumps({"batch": args.batch, "threads": args.threads,
+        (args.out / f"{names[0]}.json").write_text(json.dumps({"batch": args.batch, "threads": args.threads,
                                                              "settings": args.set, "torch": torch.__version__,
                                                              **results}, indent=1))
         return 0
@@ -285,7 +351,9 @@ def main(argv: list[str] | None = None) -> int:
     results["joint_overhead_bf16"] = joint["bf16"] / flows["bf16"]
     print(f"joint step / precomputed-flow step under bf16: {results['joint_overhead_bf16']:.2f}x")
     results["trim_step_s"] = _compare(trim_times, args)
+    results["stem_grad_step_s"] = _compare(stem_times, args)
     results["layout_step_s"] = _compare(layout_times, args)
+    results["step_gflop"] = flops_table(args.batch)
     results["allocator_step_s"] = _compare(allocator_times, args)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "train.json").write_text(json.dumps({"batch": args.batch, "threads": args.threads,
