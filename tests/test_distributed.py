@@ -246,34 +246,43 @@ def test_two_nodes_on_localhost_through_the_rendezvous_endpoint(data_dir, tmp_pa
     assert sum("2 processes" in out for out, _ in outputs) == 1
 
 
-def test_kill_9_mid_epoch_then_resume_equals_an_uninterrupted_run(data_dir, tmp_path):
+def test_kill_9_mid_epoch_then_resume_equals_an_uninterrupted_run(tmp_path):
     import signal
     import time
 
-    args = ["--no-progress", *TINY, f"data.synthetic_dir={data_dir}", "optim.epochs=2", "optim.checkpoint_steps=1",
-            "data.synthetic.train_per_class=12"]  # 12 steps an epoch: time to kill inside one
+    data = ["data.synthetic.train_per_class=12", f"data.synthetic_dir={tmp_path / 'data'}"]  # 12 steps an epoch
+    open_data(from_dict({}, TINY + data), tmp_path)  # generated once, before the two runs read it side by side
+    args = ["--no-progress", *TINY, *data, "optim.epochs=2", "optim.checkpoint_steps=1"]
     base = [sys.executable, "-m", "flowaction", "train"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run(base + ["--out", str(tmp_path / "whole"), *args], check=True, capture_output=True, env=env,
-                   timeout=300)
-    victim = subprocess.Popen(base + ["--out", str(tmp_path / "killed"), *args], stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL, env=env)
-    last = tmp_path / "killed" / "last.pt"
-    deadline = time.time() + 240
-    while time.time() < deadline and victim.poll() is None:
-        if last.is_file():
-            try:
-                if load_checkpoint(last)["step"] >= 5:
-                    break
-            except ValueError:
-                pass  # never a half-written file (atomic rename), but be safe while polling
-        time.sleep(0.05)
-    victim.send_signal(signal.SIGKILL)
-    victim.wait()
-    killed_at = load_checkpoint(last)
-    assert killed_at["partial"] is not None and killed_at["epoch"] == 0  # killed inside the first epoch
-    subprocess.run(base + ["--out", str(tmp_path / "killed"), "--resume"], check=True, capture_output=True, env=env,
-                   timeout=300)
+    # the uninterrupted run goes alongside the one to be killed (one thread each, two cores)
+    errors = tmp_path / "whole.err"
+    with errors.open("wb") as stderr:
+        whole_run = subprocess.Popen(base + ["--out", str(tmp_path / "whole"), *args], stdout=subprocess.DEVNULL,
+                                     stderr=stderr, env=env)
+    try:
+        victim = subprocess.Popen(base + ["--out", str(tmp_path / "killed"), *args], stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL, env=env)
+        last = tmp_path / "killed" / "last.pt"
+        deadline = time.time() + 240
+        while time.time() < deadline and victim.poll() is None:
+            if last.is_file():
+                try:
+                    if load_checkpoint(last)["step"] >= 5:
+                        break
+                except ValueError:
+                    pass  # never a half-written file (atomic rename), but be safe while polling
+            time.sleep(0.05)
+        victim.send_signal(signal.SIGKILL)
+        victim.wait()
+        killed_at = load_checkpoint(last)
+        assert killed_at["partial"] is not None and killed_at["epoch"] == 0  # killed inside the first epoch
+        subprocess.run(base + ["--out", str(tmp_path / "killed"), "--resume"], check=True, capture_output=True,
+                       env=env, timeout=300)
+        assert whole_run.wait(timeout=300) == 0, errors.read_text()
+    finally:
+        if whole_run.poll() is None:  # a failure above: do not leave it running
+            whole_run.kill()
     whole, resumed = (load_checkpoint(tmp_path / name / "last.pt") for name in ("whole", "killed"))
     assert whole["step"] == resumed["step"] == 24
     for key, value in whole["model"].items():
