@@ -184,6 +184,44 @@ def stem_times(model_input: str, batch: int, steps: int, threads: int, rounds: i
         resnet3d.GEMM_INPUT_GRAD_MAX_CHANNELS = default
 
 
+#: (batch, input channels, frames, size) of the stem inputs the op table times: the default clip's 5
+#: flows at batch 8, with the fused frame (3 channels), the demo's crops, 14 flows, 112 px, 16 gray frames
+STEM_SHAPES = ((8, 2, 5, 56), (8, 3, 5, 56), (16, 2, 5, 32), (8, 2, 14, 56), (16, 2, 5, 112), (8, 1, 16, 56))
+
+
+def stem_op_times(threads: int, reps: int = 7) -> dict[str, dict[str, float]]:
+    """Median seconds of the ResNet stem's input gradient alone (64 x C x 7 x 7 x 7 kernels, stride
+    (1, 2, 2)) per input shape: oneDNN's convolution backward against the GEMM transposed
+    convolution, alternating."""
+    torch.set_num_threads(threads)
+    table = {}
+    for batch, channels, time_steps, size in STEM_SHAPES:
+        generator = torch.Generator().manual_seed(0)
+        x = torch.randn(batch, channels, time_steps, size, size, generator=generator)
+        weight = torch.randn(64, channels, 7, 7, 7, generator=generator)
+        grad = torch.randn_like(torch.nn.functional.conv3d(x, weight, None, (1, 2, 2), 3))
+        extra = (0, (size - 1) % 2, (size - 1) % 2)  # the transposed convolution's output size: x's
+        ways = {
+            "onednn": lambda: torch.ops.aten.convolution_backward(
+                grad, x, weight, None, (1, 2, 2), (3, 3, 3), (1, 1, 1), False, (0, 0, 0), 1, (True, False, False)),
+            "gemm": lambda: torch.ops.aten.slow_conv_transpose3d(
+                grad, weight, (7, 7, 7), None, (1, 2, 2), (3, 3, 3), extra, (1, 1, 1)),
+        }
+        times: dict[str, list[float]] = {name: [] for name in ways}
+        for index in range(reps + 1):
+            for name, run in ways.items():
+                started = time.perf_counter()
+                run()
+                if index:
+                    times[name].append(time.perf_counter() - started)
+        table[f"{batch} x {channels} x {time_steps} x {size} x {size}"] = {
+            name: statistics.median(values) for name, values in times.items()}
+    print(f"\n{'stem input gradient (ms)':40s} {'onednn':>16s} {'gemm':>16s} {'ratio':>6s}")
+    for name, row in table.items():
+        print(f"{name:40s} {1000 * row['onednn']:16.1f} {1000 * row['gemm']:16.1f} {row['gemm'] / row['onednn']:5.2f}x")
+    return table
+
+
 def refine_times(batch: int, steps: int, threads: int, rounds: int = 3) -> dict[str, float]:
     """Median joint-model training-step seconds without and with the flow network's
     full-resolution level (``model.flow_refine``), alternating."""
@@ -296,6 +334,8 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             parser.error(f"--only: unknown table(s) {', '.join(unknown)}; choose from {', '.join(tables)}")
         results = {name: _compare(tables[name], args) for name in names}
+        if "stem" in names:
+            results["stem_grad_op_s"] = stem_op_times(args.threads)
         results["step_gflop"] = flops_table(args.batch)
         if "precision" in results:
             joint, flows = (results["precision"][name] for name in ("joint (learned flow)", _on_flows()))
@@ -352,6 +392,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"joint step / precomputed-flow step under bf16: {results['joint_overhead_bf16']:.2f}x")
     results["trim_step_s"] = _compare(trim_times, args)
     results["stem_grad_step_s"] = _compare(stem_times, args)
+    results["stem_grad_op_s"] = stem_op_times(args.threads)
     results["layout_step_s"] = _compare(layout_times, args)
     results["step_gflop"] = flops_table(args.batch)
     results["allocator_step_s"] = _compare(allocator_times, args)
