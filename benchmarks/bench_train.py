@@ -14,8 +14,9 @@ against bf16 autocast (``optim.amp``), the 3D ResNet's convolutions with whole k
 :class:`~flowaction.models.resnet3d.TrimmedConv3d`, and the stem's input gradient from oneDNN against
 PyTorch's GEMM route (``--only precision,trim,stem`` runs just those, into ``precision.json``: the file
 is named after the first). Every run also counts the GFLOP of a joint step and of a ResNet-on-flows
-step (``torch.utils.flop_counter``): their ratio is the step-time ratio at equal speed per FLOP. ``--set KEY=VALUE`` changes the configuration of every variant, e.g. the demo's
-shape (``--set model.depth=10 --set data.crop=32 --batch 16``). Run::
+step (``torch.utils.flop_counter``): their ratio is the step-time ratio at equal speed per FLOP.
+``--set KEY=VALUE`` changes the configuration of every variant, e.g. the demo's shape
+(``--set model.depth=10 --set data.crop=32 --batch 16``). Run::
 
     .venv/bin/python benchmarks/bench_train.py --steps 5 --out benchmarks/results/train
 """
