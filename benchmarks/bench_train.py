@@ -130,6 +130,39 @@ def adam_times(depth: int, reps: int, threads: int) -> dict[str, float]:
     return {impl: statistics.median(values) for impl, values in times.items()}
 
 
+def clip_times(depth: int, reps: int, threads: int) -> dict[str, float]:
+    """Median seconds of clipping the joint model's gradients (``optim.grad_clip=10``, a norm within
+    bounds, as on most steps): PyTorch's ``clip_grad_norm_`` against ``train.clip_gradients``."""
+    from flowaction.train import clip_gradients
+
+    torch.set_num_threads(threads)
+    model = build_model(load_config(None, [f"model.depth={depth}"]), 101)
+    generator = torch.Generator().manual_seed(0)
+    for parameter in model.parameters():
+        parameter.grad = torch.randn(parameter.shape, generator=generator) * 1e-4
+    ways = {"clip_grad_norm_": lambda: torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0),
+            "clip_gradients": lambda: clip_gradients(model.parameters(), 10.0)}
+    times: dict[str, list[float]] = {name: [] for name in ways}
+    for index in range(reps + 1):
+        for name, run in ways.items():  # alternating: a busy machine slows both alike
+            started = time.perf_counter()
+            run()
+            if index:
+                times[name].append(time.perf_counter() - started)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def clip_table(threads: int) -> dict[str, dict[str, float]]:
+    """Print and return :func:`clip_times` for the ResNet-10 and ResNet-18 joint models."""
+    print(f"\n{'gradient clipping (ms)':30s} {'PyTorch':>8s} {'ours':>8s} {'ratio':>6s}")
+    table = {}
+    for depth in (10, 18):
+        clip = table[f"resnet{depth}"] = clip_times(depth, 10, threads)
+        print(f"{f'joint model, ResNet-{depth}':30s} {1000 * clip['clip_grad_norm_']:8.1f} "
+              f"{1000 * clip['clip_gradients']:8.1f} {clip['clip_gradients'] / clip['clip_grad_norm_']:5.2f}x")
+    return table
+
+
 def _alternate(choices: tuple[str, ...], measure, rounds: int = 3) -> dict[str, float]:
     """Median of ``measure(choice)`` (a list of step seconds) per choice, the choices taking turns
     ``rounds`` times so that a busy machine slows them alike."""
@@ -323,18 +356,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only-refine", action="store_true",
                         help="only the refine table (joint step without / with model.flow_refine), into refine.json")
     parser.add_argument("--only", default="",
-                        help="comma-separated: precision, trim, stem (only these tables, into <first name>.json)")
+                        help="comma-separated: precision, trim, stem, clip (only these tables, into <first name>.json)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="configuration override for every variant (repeatable)")
     args = parser.parse_args(argv)
     SETTINGS[:] = args.set
     if args.only:
-        tables = {"precision": precision_times, "trim": trim_times, "stem": stem_times}
+        tables = {"precision": precision_times, "trim": trim_times, "stem": stem_times}  # whole steps
         names = args.only.split(",")
-        unknown = [name for name in names if name not in tables]
+        unknown = [name for name in names if name not in (*tables, "clip")]
         if unknown:
-            parser.error(f"--only: unknown table(s) {', '.join(unknown)}; choose from {', '.join(tables)}")
-        results = {name: _compare(tables[name], args) for name in names}
+            parser.error(f"--only: unknown table(s) {', '.join(unknown)}; choose from {', '.join(tables)}, clip")
+        results = {name: _compare(tables[name], args) for name in names if name in tables}
+        if "clip" in names:
+            results["clip_s"] = clip_table(args.threads)
         if "stem" in names:
             results["stem_grad_op_s"] = stem_op_times(args.threads)
         results["step_gflop"] = flops_table(args.batch)
@@ -386,6 +421,7 @@ def main(argv: list[str] | None = None) -> int:
         results["adam_step_s"][f"resnet{depth}"] = adam
         print(f"{f'joint model, ResNet-{depth}':30s} {1000 * adam['fused']:8.1f} {1000 * adam['foreach']:8.1f} "
               f"{1000 * adam['loop']:8.1f} {adam['loop'] / adam['fused']:10.2f}x")
+    results["clip_s"] = clip_table(args.threads)
     results["refine_step_s"] = refine
     results["precision_step_s"] = _compare(precision_times, args)
     joint, flows = (results["precision_step_s"][name] for name in ("joint (learned flow)", _on_flows()))

@@ -122,3 +122,23 @@ def test_adam_implementations_take_the_same_steps():
             torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
     # the steps moved every weight (by about the learning rate), so the comparison above means something
     assert all((a - b).abs().max() > 1e-4 for a, b in zip(models[0].parameters(), initial))
+
+
+@pytest.mark.parametrize("scale", [1e-3, 1e3, float("nan")])
+def test_clip_gradients_equals_pytorchs_clipping_and_skips_a_unit_factor(monkeypatch, scale):
+    from flowaction.train import clip_gradients
+
+    torch.manual_seed(0)
+    ours, theirs = (torch.nn.Linear(7, 5) for _ in range(2))
+    theirs.load_state_dict(ours.state_dict())
+    for a, b in zip(ours.parameters(), theirs.parameters()):
+        a.grad = torch.randn_like(a) * scale
+        b.grad = a.grad.clone()
+    calls = []
+    original = torch.nn.utils.clip_grads_with_norm_
+    monkeypatch.setattr(torch.nn.utils, "clip_grads_with_norm_", lambda *a: calls.append(a) or original(*a))
+    clip_gradients(ours.parameters(), 1.0)
+    torch.nn.utils.clip_grad_norm_(theirs.parameters(), 1.0)
+    for a, b in zip(ours.parameters(), theirs.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=0, atol=0, equal_nan=True)  # to the bit
+    assert len(calls) == (0 if scale == 1e-3 else 1)  # within bounds: no pass over the gradients
