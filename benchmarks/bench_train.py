@@ -111,6 +111,19 @@ def step_flops(model_input: str, batch: int) -> dict[str, float]:
     return {"total": total, "flow network": flow, "action network": total - flow}
 
 
+def _call_times(ways: dict, reps: int) -> dict[str, float]:
+    """Median seconds of one call of each of ``ways`` (name -> function), the ways taking turns
+    ``reps`` times (so that a busy machine slows them alike) after one untimed turn."""
+    times: dict[str, list[float]] = {name: [] for name in ways}
+    for index in range(reps + 1):
+        for name, run in ways.items():
+            started = time.perf_counter()
+            run()
+            if index:
+                times[name].append(time.perf_counter() - started)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
 def adam_times(depth: int, reps: int, threads: int) -> dict[str, float]:
     """Median seconds of one Adam step per ``optim.adam`` implementation, on random gradients."""
     torch.set_num_threads(threads)
@@ -120,14 +133,7 @@ def adam_times(depth: int, reps: int, threads: int) -> dict[str, float]:
         parameter.grad = torch.randn_like(parameter)
     optimizers = {impl: build_optimizer(load_config(None, [f"model.depth={depth}", f"optim.adam={impl}"]), model)
                   for impl in ("fused", "foreach", "loop")}
-    times: dict[str, list[float]] = {impl: [] for impl in optimizers}
-    for index in range(reps + 1):
-        for impl, optimizer in optimizers.items():  # alternating: a busy machine slows all alike
-            started = time.perf_counter()
-            optimizer.step()
-            if index:
-                times[impl].append(time.perf_counter() - started)
-    return {impl: statistics.median(values) for impl, values in times.items()}
+    return _call_times({impl: optimizer.step for impl, optimizer in optimizers.items()}, reps)
 
 
 def clip_times(depth: int, reps: int, threads: int) -> dict[str, float]:
@@ -140,16 +146,8 @@ def clip_times(depth: int, reps: int, threads: int) -> dict[str, float]:
     generator = torch.Generator().manual_seed(0)
     for parameter in model.parameters():
         parameter.grad = torch.randn(parameter.shape, generator=generator) * 1e-4
-    ways = {"clip_grad_norm_": lambda: torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0),
-            "clip_gradients": lambda: clip_gradients(model.parameters(), 10.0)}
-    times: dict[str, list[float]] = {name: [] for name in ways}
-    for index in range(reps + 1):
-        for name, run in ways.items():  # alternating: a busy machine slows both alike
-            started = time.perf_counter()
-            run()
-            if index:
-                times[name].append(time.perf_counter() - started)
-    return {name: statistics.median(values) for name, values in times.items()}
+    return _call_times({"clip_grad_norm_": lambda: torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0),
+                        "clip_gradients": lambda: clip_gradients(model.parameters(), 10.0)}, reps)
 
 
 def clip_table(threads: int) -> dict[str, dict[str, float]]:
@@ -235,21 +233,12 @@ def stem_op_times(threads: int, reps: int = 7) -> dict[str, dict[str, float]]:
         weight = torch.randn(64, channels, 7, 7, 7, generator=generator)
         grad = torch.randn_like(torch.nn.functional.conv3d(x, weight, None, (1, 2, 2), 3))
         extra = (0, (size - 1) % 2, (size - 1) % 2)  # the transposed convolution's output size: x's
-        ways = {
+        table[f"{batch} x {channels} x {time_steps} x {size} x {size}"] = _call_times({
             "onednn": lambda: torch.ops.aten.convolution_backward(
                 grad, x, weight, None, (1, 2, 2), (3, 3, 3), (1, 1, 1), False, (0, 0, 0), 1, (True, False, False)),
             "gemm": lambda: torch.ops.aten.slow_conv_transpose3d(
                 grad, weight, (7, 7, 7), None, (1, 2, 2), (3, 3, 3), extra, (1, 1, 1)),
-        }
-        times: dict[str, list[float]] = {name: [] for name in ways}
-        for index in range(reps + 1):
-            for name, run in ways.items():
-                started = time.perf_counter()
-                run()
-                if index:
-                    times[name].append(time.perf_counter() - started)
-        table[f"{batch} x {channels} x {time_steps} x {size} x {size}"] = {
-            name: statistics.median(values) for name, values in times.items()}
+        }, reps)
     print(f"\n{'stem input gradient (ms)':40s} {'onednn':>16s} {'gemm':>16s} {'ratio':>6s}")
     for name, row in table.items():
         print(f"{name:40s} {1000 * row['onednn']:16.1f} {1000 * row['gemm']:16.1f} {row['gemm'] / row['onednn']:5.2f}x")
