@@ -38,7 +38,7 @@ from flowaction.config import Config
 from flowaction.data.synthetic import SyntheticSpec, clip_rng, render_clip
 from flowaction.flow.classical import ClassicalFlow
 from flowaction.flow.metrics import FlowMetricAccumulator
-from flowaction.flowcmd import classical_flows, learned_flows, load_flow_model, triplet_pairs
+from flowaction.inference.video_flow import classical_flows, learned_flows, load_flow_model, video_pairs
 from flowaction.models.flownet import FlowNet
 
 SIZES: tuple[tuple[int, int], ...] = ((56, 56), (240, 320))  # (height, width)
@@ -108,7 +108,7 @@ def epe_on_test_split(
     accumulators = {name: FlowMetricAccumulator() for name in ("zero", "dis", "farneback", "learned")}
     margin = (size - crop) // 2
     window = (slice(margin, margin + crop), slice(margin, margin + crop))
-    pairs = triplet_pairs(spec.num_frames, 1)
+    pairs = video_pairs(spec.num_frames, 1)
     for index in range(clips):
         # the same stream as generate_split(spec, "test", ...): clip i has label i % K
         clip = render_clip(index % spec.num_classes, clip_rng(synthetic.seed, "test", index), spec)

@@ -30,13 +30,15 @@ from pathlib import Path
 
 import torch
 
-from flowaction.config import Config, load_config, to_dict
+from flowaction.config import Config, load_config, to_dict, preset_path
 from flowaction.data.clips import ClipDataset, ClipSpec
-from flowaction.demo import preset_path
-from flowaction.evaluate import FlowErrors, score_flows
+from flowaction.flow.metrics import FlowErrors
+from flowaction.engine.evaluate import score_flows
 from flowaction.losses import photometric_loss, smoothness_loss
-from flowaction.run import open_data
-from flowaction.train import begin_epoch, build_model, make_loader, train_one_epoch
+from flowaction.data.source import open_data
+from flowaction.engine.loaders import begin_epoch, make_loader
+from flowaction.models.build import build_model
+from flowaction.engine.loop import train_one_epoch
 
 NO_JITTER = ["augment.brightness=0", "augment.contrast=0", "augment.gamma=0"]
 # trainer variants: each switches off one suspected cause (or all of them)
@@ -120,7 +122,7 @@ def train_trainer(cfg: Config, cache):
     loader = make_loader(cfg, cache, cfg.data.train_split, "train", shuffle=True)
     step, epoch = 0, 0
     while step < cfg.optim.steps:
-        begin_epoch(loader, cfg.seed, epoch)
+        begin_epoch(loader, epoch)
         _, step = train_one_epoch(model, loader, optimizer, cfg, torch.device("cpu"), epoch, step, cfg.optim.steps,
                                   progress=False)
         epoch += 1

@@ -32,9 +32,9 @@ import torch
 
 from flowaction.checkpoint import save_checkpoint
 from flowaction.config import load_config, to_dict
-from flowaction.inference.model import load_model
+from flowaction.inference.loaded import load_model
 from flowaction.inference.recognizer import Recognizer
-from flowaction.train import build_model
+from flowaction.models.build import build_model
 
 
 def _stats(ms: list[float], seconds: float) -> dict:

@@ -30,7 +30,7 @@ from flowaction.config import Config
 from flowaction.data.cache import ClipCache, ShardWriter, VideoRecord, write_index
 from flowaction.data.clips import ClipDataset, ClipSpec, JitterSpec, add_input_noise
 from flowaction.losses import joint_loss
-from flowaction.train import build_model, loss_weights
+from flowaction.models.build import build_model
 
 NUM_FRAMES, CROP, BATCH = 16, 56, 8
 
@@ -72,7 +72,7 @@ def train_rate(depth: int, steps: int, num_classes: int = 101) -> dict:
     cfg.model.depth = depth
     model = build_model(cfg, num_classes)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    weights = loss_weights(cfg)
+    weights = cfg.loss
     frames = torch.rand(BATCH, 1, NUM_FRAMES, CROP, CROP)
     labels = torch.randint(0, num_classes, (BATCH,))
 

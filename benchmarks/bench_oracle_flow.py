@@ -31,16 +31,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from flowaction.config import load_config
-from flowaction.demo import preset_path
-from flowaction.evaluate import gt_flow_for_model, run_evaluation, video_scores
-from flowaction.forward import classical_stack
-from flowaction.losses import clip_triplet_pairs, data_penalty
+from flowaction.config import load_config, preset_path
+from flowaction.engine.evaluate import gt_flow_for_model, run_evaluation, video_scores
+from flowaction.flow.classical import stacked_classical_flow
+from flowaction.triplets import flow_pair_frames, num_triplets
+from flowaction.loss_variants import data_penalty
 from flowaction.warp import backward_warp, in_frame_mask
-from flowaction.models.joint import num_triplets
-from flowaction.pretrain import load_flow_weights
-from flowaction.run import open_data
-from flowaction.train import begin_epoch, build_model, build_optimizer, loss_weights, make_loader, train_one_epoch
+from flowaction.models.weights import load_flow_weights
+from flowaction.data.source import open_data
+from flowaction.engine.loaders import begin_epoch, make_loader
+from flowaction.models.build import build_model
+from flowaction.engine.optim import build_optimizer
+from flowaction.engine.loop import train_one_epoch
 
 
 class _WithTrueFlow:
@@ -76,14 +78,14 @@ def flow_error_per_class(cfg, cache, checkpoint: str | None, flow_weights: str =
         frames = batch["frames"]
         learned = model.flows(frames)
         count = num_triplets(frames.shape[2], stride)
-        dis = classical_stack(frames, count, stride, "dis")
+        dis = stacked_classical_flow(frames, stride, "dis")
         truth, valid = gt_flow_for_model(batch["flow"], batch["valid"], count, stride)
         speed = truth.norm(dim=1)
         moving = valid & (speed > 0.1)
         # the data term of the flow loss (eq. 1) per pixel at each flow: does the loss itself prefer
         # the truth on these pixels, or is the network failing to reach what the loss prefers?
-        prev, cur = clip_triplet_pairs(frames, count, stride)
-        term = loss_weights(cfg)
+        prev, cur = flow_pair_frames(frames, count, stride)
+        term = cfg.loss
         penalties = {}
         inside = moving.flatten(0, 1)
         for name, flow in (("learned", learned), ("truth", truth), ("zero", torch.zeros_like(truth))):
@@ -130,7 +132,7 @@ def respawn_accuracy(run: Path) -> dict[str, dict[str, int]]:
     """
     from flowaction.checkpoint import load_checkpoint, load_weights
     from flowaction.data.synthetic import clip_rng, render_clip
-    from flowaction.run import synthetic_spec
+    from flowaction.data.source import synthetic_spec
 
     cfg = load_config(run / "config.yaml", [])
     if cfg.data.cache or cfg.data.num_frames != cfg.data.synthetic.num_frames:
@@ -165,12 +167,12 @@ def oracle_accuracy(cfg, cache, threads: int) -> dict:
     total = cfg.optim.epochs * len(loader)
     started, step = time.time(), 0
     for epoch in range(cfg.optim.epochs):
-        begin_epoch(loader.loader, cfg.seed, epoch)
+        begin_epoch(loader.loader, epoch)
         _, step = train_one_epoch(model, loader, optimizer, cfg, torch.device("cpu"), epoch, step, total,
                                   progress=False)
     seconds = time.time() - started
     test = _WithTrueFlow(make_loader(cfg, cache, cfg.data.test_split, "val"))
-    result = run_evaluation(model, test, torch.device("cpu"), loss_weights(cfg), progress=False, classical=())
+    result = run_evaluation(model, test, torch.device("cpu"), cfg.loss, progress=False, classical=())
     per_class = video_scores(result, len(cache.classes))["per_class"]
     return {"test_accuracy": result.clip_accuracy, "steps": step, "train_seconds": seconds,
             "per_class": dict(zip(cache.classes, per_class))}

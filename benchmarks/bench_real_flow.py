@@ -28,9 +28,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from flowaction.flowcmd import classical_flows, learned_flows, photometric_summary, read_video_frames, triplet_pairs
-from flowaction.models.joint import build_joint_model
-from flowaction.pretrain import default_flow_weights, load_flow_weights
+from flowaction.inference.video_flow import classical_flows, learned_flows, photometric_summary, read_video_frames, video_pairs
+from flowaction.models.build import build_joint_model
+from flowaction.models.weights import default_flow_weights, load_flow_weights
 
 SIZES = (56, 112)
 CLIPS = ("carphone_pristine.mp4", "bikes.mp4", "bigbuckbunny.mp4")
@@ -69,7 +69,7 @@ def main() -> None:
     for size in SIZES:
         for video in videos:
             frames = read_video_frames(video, size, 0, args.frames).frames
-            pairs = triplet_pairs(len(frames), 1)
+            pairs = video_pairs(len(frames), 1)
             flows = {"zero": np.zeros((len(pairs), 2, *frames.shape[1:]), np.float32)}
             seconds = {"zero": 0.0}
             for method in ("learned", "dis", "farneback"):

@@ -1,9 +1,11 @@
 """Training throughput: the joint model against the same 3D ResNet on precomputed flows and on frames,
 and one process against two (DistributedDataParallel over gloo), on this machine's CPU cores.
 
-Each variant does ``--steps`` timed Adam steps (after one untimed) on random input of the default clip
-(16 frames, 56 x 56, ResNet-18, batch ``--batch``) through the trainer's own forward pass and loss
-(:func:`flowaction.forward.forward_batch`); the median step time gives clips/s. Ratios are taken
+Each variant does ``--steps`` timed training steps (after one untimed) on random input of the default
+clip (16 frames, 56 x 56, ResNet-18, batch ``--batch``) through the trainer's own step: the model as
+``fit`` builds it, :func:`flowaction.engine.step.forward_batch`, the backward pass and
+:func:`flowaction.engine.optim.apply_update` (gradient clipping and Adam); the median step time gives
+clips/s. Ratios are taken
 within the same run. Two further tables compare alternatives within one run, alternating them so
 that a busy machine slows both alike: Adam's three implementations (``optim.adam``: one optimiser
 step of the ResNet-10 and ResNet-18 joint models), the 3D ResNet's memory layout (contiguous
@@ -11,9 +13,9 @@ against channels-last 3D, whole training steps), the ``allocator`` setting (glib
 against ``keep``, each in a fresh process since it is process-wide) and the flow network's
 full-resolution level (``model.flow_refine``, joint model; ``--only-refine`` runs just that), float32
 against bf16 autocast (``optim.amp``), the 3D ResNet's convolutions with whole kernels against
-:class:`~flowaction.models.resnet3d.TrimmedConv3d`, and the stem's input gradient from oneDNN against
-PyTorch's GEMM route (``--only precision,trim,stem`` runs just those, into ``precision.json``: the file
-is named after the first). Every run also counts the GFLOP of a joint step and of a ResNet-on-flows
+trimmed ones (``cpu.trim_kernels``), and the stem's input gradient from oneDNN against PyTorch's GEMM
+route (``cpu.gemm_input_grad``); ``--only precision,trim,stem,allocator`` runs just those, into
+``precision.json`` (the file is named after the first). Every run also counts the GFLOP of a joint step and of a ResNet-on-flows
 step (``torch.utils.flop_counter``): their ratio is the step-time ratio at equal speed per FLOP.
 ``--set KEY=VALUE`` changes the configuration of every variant, e.g. the demo's shape
 (``--set model.depth=10 --set data.crop=32 --batch 16``). Run::
@@ -34,9 +36,14 @@ from pathlib import Path
 import torch
 import torch.multiprocessing as mp
 
+from torch.utils.flop_counter import FlopCounterMode
+
 from flowaction.config import load_config
-from flowaction.forward import forward_batch
-from flowaction.train import build_model, build_optimizer, loss_weights
+from flowaction.engine.optim import apply_update, build_optimizer, clip_gradients, make_scaler
+from flowaction.engine.step import TrainStep, forward_batch
+from flowaction.models.build import build_model
+from flowaction.speedups import apply_cpu_speedups
+from flowaction.speedups.allocator import keep_heap_memory
 
 
 SETTINGS: list[str] = []  # --set KEY=VALUE, applied to every variant's configuration
@@ -63,25 +70,27 @@ def _batch(cfg, batch: int, flows: bool) -> dict:
 
 def step_times(model_input: str, batch: int, steps: int, threads: int, runner=None, cfg_extra=(),
                channels_last: bool = False, amp: str = "off") -> list[float]:
+    """Seconds of each of ``steps`` training steps (after one untimed) as the trainer takes them:
+    :func:`~flowaction.engine.step.forward_batch` (or ``runner``, e.g. DDP around a
+    :class:`~flowaction.engine.step.TrainStep`), the backward pass and
+    :func:`~flowaction.engine.optim.apply_update` (clipping and Adam), on the model built and sped
+    up as ``fit`` builds it."""
     torch.set_num_threads(threads)
     cfg = load_config(None, [f"model.input={model_input}", "model.classical_on=clean", *SETTINGS, *cfg_extra])
     torch.manual_seed(0)
-    model = build_model(cfg, 101)
+    model = apply_cpu_speedups(build_model(cfg, 101), cfg)
     if channels_last:
         model.action_net.to(memory_format=torch.channels_last_3d)
     optimizer = build_optimizer(cfg, model)
-    runner = runner(model) if runner else None
+    scaler = make_scaler(cfg, torch.device("cpu"))
+    run = runner(model) if runner else TrainStep(model)
     data = _batch(cfg, batch, model_input in ("dis", "farneback"))
     times = []
     for index in range(steps + 1):
         started = time.perf_counter()
-        if runner is not None:
-            _, _, terms = runner(data, torch.device("cpu"), loss_weights(cfg), 0.05, False, 0.1, amp)
-        else:
-            _, _, terms = forward_batch(model, data, torch.device("cpu"), loss_weights(cfg), 0.05, False, 0.1, amp)
-        optimizer.zero_grad(set_to_none=True)
+        _, _, terms = run(data, torch.device("cpu"), cfg.loss, 0.05, False, 0.1, amp)
         terms["total"].backward()
-        optimizer.step()
+        apply_update(model, optimizer, scaler, cfg, cfg.optim.lr)
         if index:  # the first step pays one-time costs
             times.append(time.perf_counter() - started)
     return times
@@ -90,22 +99,16 @@ def step_times(model_input: str, batch: int, steps: int, threads: int, runner=No
 def step_flops(model_input: str, batch: int) -> dict[str, float]:
     """GFLOP of one training step's convolutions and matrix products (forward and backward, as
     ``torch.utils.flop_counter`` counts them), in all and by network: the work a step cannot avoid."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from flowaction.models import resnet3d
-
+    # the counter knows convolution_backward, not the GEMM route to the same input gradient, and
+    # counts the whole kernels' work: the work of the plain model
     cfg = load_config(None, [f"model.input={model_input}", "model.classical_on=clean", *SETTINGS])
     torch.manual_seed(0)
     model = build_model(cfg, 101)
     counter = FlopCounterMode(display=False)
-    default, resnet3d.GEMM_INPUT_GRAD_MAX_CHANNELS = resnet3d.GEMM_INPUT_GRAD_MAX_CHANNELS, 0
-    try:  # the counter knows convolution_backward, not the GEMM route to the same input gradient
-        with counter:
-            _, _, terms = forward_batch(model, _batch(cfg, batch, model_input in ("dis", "farneback")),
-                                        torch.device("cpu"), loss_weights(cfg), 0.05, False, 0.1, "off")
-            terms["total"].backward()
-    finally:
-        resnet3d.GEMM_INPUT_GRAD_MAX_CHANNELS = default
+    with counter:
+        _, _, terms = forward_batch(model, _batch(cfg, batch, model_input in ("dis", "farneback")),
+                                    torch.device("cpu"), cfg.loss, 0.05, False, 0.1, "off")
+        terms["total"].backward()
     total = counter.get_total_flops() / 1e9
     flow = sum(counter.get_flop_counts().get("FlowNet", {}).values()) / 1e9  # 0 for the baselines
     return {"total": total, "flow network": flow, "action network": total - flow}
@@ -138,9 +141,7 @@ def adam_times(depth: int, reps: int, threads: int) -> dict[str, float]:
 
 def clip_times(depth: int, reps: int, threads: int) -> dict[str, float]:
     """Median seconds of clipping the joint model's gradients (``optim.grad_clip=10``, a norm within
-    bounds, as on most steps): PyTorch's ``clip_grad_norm_`` against ``train.clip_gradients``."""
-    from flowaction.train import clip_gradients
-
+    bounds, as on most steps): PyTorch's ``clip_grad_norm_`` against ``engine.optim.clip_gradients``."""
     torch.set_num_threads(threads)
     model = build_model(load_config(None, [f"model.depth={depth}"]), 101)
     generator = torch.Generator().manual_seed(0)
@@ -183,37 +184,19 @@ def precision_times(model_input: str, batch: int, steps: int, threads: int, roun
 
 
 def trim_times(model_input: str, batch: int, steps: int, threads: int, rounds: int = 3) -> dict[str, float]:
-    """Median training-step seconds of the 3D ResNet convolving with whole kernels (``nn.Conv3d``)
-    and with the kernel taps that only see padding skipped (``TrimmedConv3d``, the model's own)."""
-    from flowaction.models.resnet3d import TrimmedConv3d
-
-    trimmed = TrimmedConv3d.forward
-
-    def measure(choice: str) -> list[float]:
-        TrimmedConv3d.forward = trimmed if choice == "trimmed" else torch.nn.Conv3d.forward
-        return step_times(model_input, batch, steps, threads)
-
-    try:
-        return _alternate(("whole", "trimmed"), measure, rounds)
-    finally:
-        TrimmedConv3d.forward = trimmed
+    """Median training-step seconds of the 3D ResNet convolving with whole kernels and with the
+    kernel taps that only see padding skipped (``cpu.trim_kernels``), alternating."""
+    return _alternate(("whole", "trimmed"), lambda choice: step_times(
+        model_input, batch, steps, threads, cfg_extra=[f"cpu.trim_kernels={str(choice == 'trimmed').lower()}"]),
+        rounds)
 
 
 def stem_times(model_input: str, batch: int, steps: int, threads: int, rounds: int = 3) -> dict[str, float]:
     """Median training-step seconds with the 3D ResNet stem's input gradient from oneDNN and from
-    PyTorch's GEMM-based transposed convolution (the model's own choice in float32 on a CPU)."""
-    from flowaction.models import resnet3d
-
-    default = resnet3d.GEMM_INPUT_GRAD_MAX_CHANNELS
-
-    def measure(choice: str) -> list[float]:
-        resnet3d.GEMM_INPUT_GRAD_MAX_CHANNELS = default if choice == "gemm" else 0
-        return step_times(model_input, batch, steps, threads)
-
-    try:
-        return _alternate(("onednn", "gemm"), measure, rounds)
-    finally:
-        resnet3d.GEMM_INPUT_GRAD_MAX_CHANNELS = default
+    PyTorch's GEMM-based transposed convolution (``cpu.gemm_input_grad``), alternating."""
+    return _alternate(("onednn", "gemm"), lambda choice: step_times(
+        model_input, batch, steps, threads, cfg_extra=[f"cpu.gemm_input_grad={str(choice == 'gemm').lower()}"]),
+        rounds)
 
 
 #: (batch, input channels, frames, size) of the stem inputs the op table times: the default clip's 5
@@ -256,8 +239,6 @@ def _allocator_worker(keep: bool, model_input: str, batch: int, steps: int, thre
                       settings: list[str]) -> None:
     _use_settings(settings)
     if keep:
-        from flowaction.allocator import keep_heap_memory
-
         keep_heap_memory()
     queue.put(step_times(model_input, batch, steps, threads))
 
@@ -281,13 +262,11 @@ def allocator_times(model_input: str, batch: int, steps: int, threads: int, roun
 def _ddp_worker(rank: int, world: int, port: int, batch: int, steps: int, queue, settings: list[str]) -> None:
     import torch.distributed as dist
 
-    from flowaction.train import _Step
-
     _use_settings(settings)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
-        wrap = lambda model: torch.nn.parallel.DistributedDataParallel(_Step(model))  # noqa: E731
+        wrap = lambda model: torch.nn.parallel.DistributedDataParallel(TrainStep(model))  # noqa: E731
         times = step_times("learned", batch, steps, 1, runner=wrap)
         if rank == 0:
             queue.put(times)
@@ -345,13 +324,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only-refine", action="store_true",
                         help="only the refine table (joint step without / with model.flow_refine), into refine.json")
     parser.add_argument("--only", default="",
-                        help="comma-separated: precision, trim, stem, clip (only these tables, into <first name>.json)")
+                        help="comma-separated: precision, trim, stem, allocator, clip (only these tables, into "
+                             "<first name>.json)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="configuration override for every variant (repeatable)")
     args = parser.parse_args(argv)
     SETTINGS[:] = args.set
     if args.only:
-        tables = {"precision": precision_times, "trim": trim_times, "stem": stem_times}  # whole steps
+        tables = {"precision": precision_times, "trim": trim_times, "stem": stem_times,
+                  "allocator": allocator_times}  # whole steps
         names = args.only.split(",")
         unknown = [name for name in names if name not in (*tables, "clip")]
         if unknown:

@@ -10,14 +10,17 @@ import numpy as np
 import pytest
 import torch
 
-import flowaction.train as train_module
+import flowaction.engine.fit as fit_module
+import flowaction.engine.step as step_module
 from flowaction.checkpoint import load_checkpoint
 from flowaction.config import from_dict
 from flowaction.data.sampler import EpochSampler
-from flowaction.run import open_data
-from flowaction.train import (
-    EpochState, NonFiniteLoss, begin_epoch, build_model, build_optimizer, fit, make_loader, train_one_epoch,
-)
+from flowaction.data.source import open_data
+from flowaction.engine.loop import EpochState, NonFiniteLoss, train_one_epoch
+from flowaction.engine.loaders import begin_epoch, make_loader
+from flowaction.models.build import build_model
+from flowaction.engine.optim import build_optimizer
+from flowaction.engine.fit import fit
 
 TINY = ["model.depth=10", "model.flow_width=8", "data.crop=32", "data.num_frames=7", "data.synthetic.num_frames=7",
         "data.synthetic.size=36", "data.synthetic.num_classes=4", "data.synthetic.train_per_class=6",
@@ -51,7 +54,7 @@ def test_sampler_shares_cover_every_item_once_per_epoch_and_resume_skips_batches
 
 
 def _epoch_crops(loader, seed, epoch):
-    begin_epoch(loader, seed, epoch)
+    begin_epoch(loader, epoch)
     return torch.cat([batch["frames"] for batch in loader])
 
 
@@ -73,19 +76,18 @@ def test_accumulation_steps_once_per_k_batches_on_the_mean_gradient(data_dir, mo
     torch.manual_seed(0)
     model = build_model(cfg, len(cache.classes))
     loader = make_loader(cfg, cache, "train", "train", shuffle=True)  # 24 clips: 6 batches of 4 -> 2 steps
-    begin_epoch(loader, cfg.seed, 0)
+    begin_epoch(loader, 0)
     batches = list(loader)
     # the expected gradient of the first step: the mean of the first 3 batches' gradients
     reference = build_model(cfg, len(cache.classes))
     reference.load_state_dict(model.state_dict())
     reference.train()
     grads = None
-    from flowaction.forward import forward_batch
-    from flowaction.train import loss_weights
+    from flowaction.engine.step import forward_batch
 
     for batch in batches[:3]:
         reference.zero_grad()
-        _, _, terms = forward_batch(reference, batch, torch.device("cpu"), loss_weights(cfg), 0.0, False,
+        _, _, terms = forward_batch(reference, batch, torch.device("cpu"), cfg.loss, 0.0, False,
                                     cfg.model.flow_grad_scale)
         terms["total"].backward()
         current = [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in reference.parameters()]
@@ -100,7 +102,7 @@ def test_accumulation_steps_once_per_k_batches_on_the_mean_gradient(data_dir, mo
         return real_step(*args, **kwargs)
 
     monkeypatch.setattr(optimizer, "step", spy)
-    begin_epoch(loader, cfg.seed, 0)
+    begin_epoch(loader, 0)
     _, step = train_one_epoch(model, loader, optimizer, cfg, torch.device("cpu"), 0, 0, 100, progress=False)
     assert step == 2 and len(seen) == 2
     for got, want in zip(seen[0], expected):
@@ -118,17 +120,17 @@ def test_resume_inside_an_epoch_ends_with_the_weights_of_an_uninterrupted_run(da
         cache = open_data(cfg, data_dir.parent)
         fit(cfg, cache, tmp_path / "whole", progress=False, log=lambda *_: None)
         # the same run "killed" right after step 4's checkpoint (inside epoch 0: 6 steps an epoch)
-        real_save = train_module.save_checkpoint
+        real_save = fit_module.save_checkpoint
 
         def save_then_die(path, state):
             real_save(path, state)
             if state.get("partial") and state["step"] == 4:
                 raise _Killed
 
-        monkeypatch.setattr(train_module, "save_checkpoint", save_then_die)
+        monkeypatch.setattr(fit_module, "save_checkpoint", save_then_die)
         with pytest.raises(_Killed):
             fit(cfg, cache, tmp_path / "killed", progress=False, log=lambda *_: None)
-        monkeypatch.setattr(train_module, "save_checkpoint", real_save)
+        monkeypatch.setattr(fit_module, "save_checkpoint", real_save)
         state = load_checkpoint(tmp_path / "killed" / "last.pt")
         assert state["epoch"] == 0 and state["partial"]["batches"] == 4
         fit(cfg, cache, tmp_path / "killed", resume=True, progress=False, log=lambda *_: None)
@@ -145,9 +147,7 @@ def test_resume_inside_an_epoch_ends_with_the_weights_of_an_uninterrupted_run(da
 def test_a_nan_loss_stops_with_the_step_and_term_or_is_skipped(data_dir, tmp_path, monkeypatch):
     cfg = _cfg(data_dir, "optim.epochs=1")
     cache = open_data(cfg, data_dir.parent)
-    import flowaction.forward as forward_module
-
-    real = forward_module.forward_batch
+    real = step_module.forward_batch
     calls = {"n": 0}
 
     def poisoned(*args, **kwargs):
@@ -158,7 +158,7 @@ def test_a_nan_loss_stops_with_the_step_and_term_or_is_skipped(data_dir, tmp_pat
             terms["total"] = terms["total"] + terms["photometric"]
         return logits, flows, terms
 
-    monkeypatch.setattr(train_module, "forward_batch", poisoned)
+    monkeypatch.setattr(step_module, "forward_batch", poisoned)
     with pytest.raises(NonFiniteLoss, match=r"step 2 \(epoch 0\): loss term\(s\) photometric, total"):
         fit(cfg, cache, tmp_path / "stop", progress=False, log=lambda *_: None)
     calls["n"] = 0
@@ -216,7 +216,6 @@ def test_torchrun_two_processes_share_each_epoch_rank_zero_writes_and_one_proces
             shares.append([(epoch, int(i)) for i in sampler.share()])
         order = [item for k in range(3) for share in shares for item in share[4 * k: 4 * k + 4]]
         loader = torch.utils.data.DataLoader(dataset, batch_size=4, sampler=order)
-        dataset.set_epoch(epoch)
         _, step = train_one_epoch(model, loader, optimizer, cfg, torch.device("cpu"), epoch, step, 6, progress=False)
     torch.set_num_threads(threads)
     assert step == 6
@@ -291,16 +290,15 @@ def test_kill_9_mid_epoch_then_resume_equals_an_uninterrupted_run(tmp_path):
 
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])
 def test_mixed_precision_keeps_the_flow_losses_in_float32(data_dir, tmp_path, amp):
-    from flowaction.forward import forward_batch
-    from flowaction.train import loss_weights
+    from flowaction.engine.step import forward_batch
 
     cfg = _cfg(data_dir, f"optim.amp={amp}", "optim.epochs=1", "augment.noise_std=0")
     cache = open_data(cfg, data_dir.parent)
     torch.manual_seed(0)
     model = build_model(cfg, len(cache.classes)).train()
     batch = next(iter(make_loader(cfg, cache, "train", "train", shuffle=True)))
-    full = forward_batch(model, batch, torch.device("cpu"), loss_weights(cfg), 0.0, False, 0.1, "off")
-    mixed = forward_batch(model, batch, torch.device("cpu"), loss_weights(cfg), 0.0, False, 0.1, amp)
+    full = forward_batch(model, batch, torch.device("cpu"), cfg.loss, 0.0, False, 0.1, "off")
+    mixed = forward_batch(model, batch, torch.device("cpu"), cfg.loss, 0.0, False, 0.1, amp)
     assert mixed[1].dtype == torch.float32 and all(t.dtype == torch.float32 for t in mixed[2].values())
     # the flow network's output in reduced precision, the losses on it in float32: close to fp32
     for term in ("photometric", "smoothness"):
@@ -314,10 +312,11 @@ def test_mixed_precision_keeps_the_flow_losses_in_float32(data_dir, tmp_path, am
 @pytest.mark.parametrize("amx", [True, False])
 def test_amp_auto_picks_bf16_only_on_a_cpu_with_amx_and_the_run_keeps_it(data_dir, tmp_path, monkeypatch, amx):
     from flowaction.config import load_config
-    from flowaction.train import resolve_amp
+    from flowaction.engine import device as device_module
+    from flowaction.engine.device import resolve_amp
 
-    real = torch._C._cpu._get_cpu_capability()
-    monkeypatch.setattr(torch._C._cpu, "_get_cpu_capability", lambda: {**real, "amx_bf16": amx})
+    real = device_module.cpu_flags()
+    monkeypatch.setattr(device_module, "cpu_flags", lambda: real | {"amx_bf16"} if amx else real - {"amx_bf16"})
     expected = "bf16" if amx else "off"
     assert resolve_amp("auto", torch.device("cpu"))[0] == expected
     assert resolve_amp("fp16", torch.device("cpu")) == ("fp16", "set")  # an explicit choice is kept
@@ -333,7 +332,7 @@ def test_amp_auto_picks_bf16_only_on_a_cpu_with_amx_and_the_run_keeps_it(data_di
 
 @pytest.mark.parametrize("native", [True, False])
 def test_amp_auto_on_a_gpu_takes_bf16_only_where_it_is_not_emulated(monkeypatch, native):
-    from flowaction.train import resolve_amp
+    from flowaction.engine.device import resolve_amp
 
     # a GPU before Ampere reports bf16 "supported" through emulation, which is slower than float32
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: native or including_emulation)
@@ -343,7 +342,7 @@ def test_amp_auto_on_a_gpu_takes_bf16_only_where_it_is_not_emulated(monkeypatch,
 def _check_config(rank: int, port: int, texts: list[str], results) -> None:
     import torch.distributed as dist
 
-    from flowaction import distributed
+    from flowaction.engine import distributed
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2)
@@ -391,8 +390,7 @@ def test_compiled_training_step_matches_eager(data_dir, tmp_path):
 
 def test_channels_last_trains_the_same_model_in_the_other_layout(data_dir, tmp_path, monkeypatch):
     from flowaction.checkpoint import load_weights
-    from flowaction.forward import forward_batch
-    from flowaction.train import loss_weights
+    from flowaction.engine.step import forward_batch
 
     cfg = _cfg(data_dir, "augment.noise_std=0")
     cache = open_data(cfg, data_dir.parent)
@@ -406,20 +404,20 @@ def test_channels_last_trains_the_same_model_in_the_other_layout(data_dir, tmp_p
     assert conv.is_contiguous(memory_format=torch.channels_last_3d) and not conv.is_contiguous()
     results = []
     for model in (plain, other):
-        _, _, terms = forward_batch(model, batch, torch.device("cpu"), loss_weights(cfg))
+        _, _, terms = forward_batch(model, batch, torch.device("cpu"), cfg.loss)
         terms["total"].backward()
         results.append((terms["total"].detach(), model.action_net.conv1.weight.grad))
     torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(results[0][1], results[1][1], rtol=1e-3, atol=1e-5)
     # the switch: fit converts the action network; its checkpoint loads into a contiguous model
     seen = {}
-    real = train_module.train_one_epoch
+    real = fit_module.train_one_epoch
 
     def spy(model, *args, **kwargs):
         seen["layout"] = model.action_net.conv1.weight.is_contiguous(memory_format=torch.channels_last_3d)
         return real(model, *args, **kwargs)
 
-    monkeypatch.setattr(train_module, "train_one_epoch", spy)
+    monkeypatch.setattr(fit_module, "train_one_epoch", spy)
     fit(_cfg(data_dir, "optim.epochs=1", "optim.channels_last=true"), cache, tmp_path / "cl", progress=False,
         log=lambda *_: None)
     assert seen["layout"] is True

@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from flowaction.evaluate import MOVING_THRESHOLD, FlowErrors, flow_summary, gt_flow_for_model, score_flows
+from flowaction.flow.metrics import MOVING_THRESHOLD, FlowErrors, flow_summary
+from flowaction.engine.evaluate import gt_flow_for_model, score_flows
 
 
 def _field(values: list[tuple[float, float]]) -> torch.Tensor:

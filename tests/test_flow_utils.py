@@ -8,11 +8,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import torch
 
 from flowaction.flow.classical import ClassicalFlow, classical_flow, clip_classical_flow
 from flowaction.flow.io import read_flo, write_flo
 from flowaction.flow.metrics import (
-    FlowMetricAccumulator,
+    FlowErrors,
     endpoint_error,
     flow_metrics,
     photometric_errors,
@@ -105,25 +106,24 @@ def test_metrics_accept_torch_and_reject_bad_shapes() -> None:
 
 
 def test_accumulator_is_pixel_weighted() -> None:
-    gt_a = np.zeros((1, 2, 2, 2))
-    pred_a = gt_a.copy()
+    gt_a = torch.zeros((1, 2, 2, 2))
+    pred_a = gt_a.clone()
     pred_a[:, 0] = 10.0  # EPE 10 everywhere, but only one valid pixel
-    valid_a = np.array([[[True, False], [False, False]]])
-    gt_b, pred_b = np.zeros((1, 2, 1, 3)), np.zeros((1, 2, 1, 3))  # 3 pixels, EPE 0
-    acc = FlowMetricAccumulator()
-    acc.update(pred_a, gt_a, valid_a)
-    acc.update(pred_b, gt_b)
-    result = acc.compute()
-    assert acc.count == 4
+    valid_a = torch.tensor([[[True, False], [False, False]]])
+    gt_b, pred_b = torch.zeros((1, 2, 1, 3)), torch.zeros((1, 2, 1, 3))  # 3 pixels, EPE 0
+    acc = FlowErrors(within=(1.0, 3.0))
+    acc.add(gt_a, valid_a, {"learned": pred_a})
+    acc.add(gt_b, torch.ones((1, 1, 3), dtype=torch.bool), {"learned": pred_b})
+    result = acc.result()
+    assert result["valid_pixels"] == 4
     assert result["epe"] == pytest.approx(10 / 4)  # a mean of batch means would say 5
-    assert result["px1"] == pytest.approx(3 / 4)
-    # Same as one big batch, and survives a state round trip / merge.
-    other = FlowMetricAccumulator()
-    other.load_state_dict(acc.state_dict())
+    assert result["px1"] == pytest.approx(3 / 4) and result["px3"] == pytest.approx(3 / 4)
+    # the same as one big batch, and merging adds the sums
+    other = FlowErrors(within=(1.0, 3.0))
     other.merge(acc)
-    assert other.compute() == pytest.approx(result)
-    acc.reset()
-    assert math.isnan(acc.compute()["epe"])
+    other.merge(acc)
+    assert other.result()["epe"] == pytest.approx(result["epe"]) and other.result()["valid_pixels"] == 8
+    assert FlowErrors().result() == {}
 
 
 def test_photometric_errors_true_flow_beats_zero_flow() -> None:

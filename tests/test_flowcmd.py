@@ -11,8 +11,8 @@ import torch
 from flowaction.checkpoint import save_checkpoint
 from flowaction.cli import main
 from flowaction.config import from_dict, to_dict
-from flowaction.flowcmd import estimate_video_flow, triplet_pairs
-from flowaction.train import build_model
+from flowaction.inference.video_flow import estimate_video_flow, video_pairs
+from flowaction.models.build import build_model
 
 HEIGHT, WIDTH, FRAMES, SPEED = 64, 80, 12, 2  # SPEED: pixels per frame, to the right
 TINY = ["model.depth=10", "model.flow_width=8", "data.crop=32", "data.num_frames=7"]
@@ -97,7 +97,7 @@ def test_python_api_stride_and_max_frames(video):
     result = estimate_video_flow(video, "dis", size=64, crop=0, stride=3, max_frames=10)
     assert result["frames"].shape == (10, 64, 80) and result["frames"].dtype == np.float32
     assert 0.0 <= result["frames"].min() and result["frames"].max() <= 1.0
-    assert list(result["pairs"]) == [0, 3, 6] == list(triplet_pairs(10, 3))
+    assert list(result["pairs"]) == [0, 3, 6] == list(video_pairs(10, 3))
     assert result["flows"].shape == (3, 2, 64, 80)
     assert result["flows"][:, 0, 8:-8, 8:-8].mean() == pytest.approx(SPEED, abs=0.3)
 

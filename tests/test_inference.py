@@ -13,11 +13,12 @@ from flowaction.cli import main
 from flowaction.config import load_config
 from flowaction.data.cache import ClipCache
 from flowaction.data.prepare import prepare
-from flowaction.evaluate import run_evaluation
-from flowaction.inference.model import load_model
+from flowaction.engine.evaluate import run_evaluation
+from flowaction.inference.loaded import load_model
 from flowaction.inference.predict import clip_probabilities, predict_video, read_video
 from flowaction.inference.stream import LatestFrameReader
-from flowaction.train import fit, loss_weights, make_loader
+from flowaction.engine.fit import fit
+from flowaction.engine.loaders import make_loader
 
 TINY = ["model.depth=10", "model.flow_width=8", "data.crop=32", "data.num_frames=7", "optim.epochs=1",
         "optim.batch_size=4", "data.test_clips=3"]
@@ -44,7 +45,7 @@ def test_predict_uses_exactly_the_preprocessing_of_eval(trained):
     model = load_model(checkpoint)
     assert model.frame_size == tuple(cache.index["frame_size"])  # recorded in the checkpoint
     loader = make_loader(model.cfg, cache, "val", "test")
-    result = run_evaluation(model.model, loader, torch.device("cpu"), loss_weights(model.cfg), False, desc="val")
+    result = run_evaluation(model.model, loader, torch.device("cpu"), model.cfg.loss, False, desc="val")
     for video in sorted(set(result.videos.tolist())):
         expected = result.probs[result.videos == video].mean(axis=0)  # eval: softmax averaged over clips
         path = videos / cache.videos[video]["id"]
@@ -171,7 +172,7 @@ def test_predict_returns_the_generated_class_of_video_files(tmp_path):
 
     import av
 
-    from flowaction.run import open_data
+    from flowaction.data.source import open_data
 
     cfg = load_config(None, [
         "data.synthetic.num_classes=2", "data.synthetic.size=40", "data.synthetic.num_frames=16",

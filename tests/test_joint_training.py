@@ -5,9 +5,13 @@ import pytest
 import torch
 
 from flowaction.config import from_dict
-from flowaction.forward import forward_batch, scale_gradient
-from flowaction.run import open_data
-from flowaction.train import build_model, build_optimizer, fit, learning_rate, make_loader, stage_weights, train_one_epoch
+from flowaction.engine.step import forward_batch, scale_gradient
+from flowaction.data.source import open_data
+from flowaction.models.build import build_model
+from flowaction.engine.optim import build_optimizer, learning_rate, stage_weights
+from flowaction.engine.fit import fit
+from flowaction.engine.loaders import make_loader
+from flowaction.engine.loop import train_one_epoch
 
 from test_variants import TINY
 
@@ -83,7 +87,7 @@ def test_optim_steps_stops_inside_an_epoch(cache, tmp_path):
 
 
 def test_classical_baseline_sees_the_learned_models_input(cache):
-    from flowaction.forward import classical_stack
+    from flowaction.flow.classical import stacked_classical_flow
 
     cfg = from_dict({}, TINY + ["model.input=dis"])  # classical_on=input is the default
     model = build_model(cfg, len(cache.classes))
@@ -92,7 +96,7 @@ def test_classical_baseline_sees_the_learned_models_input(cache):
     assert "classical" not in batch  # nothing precomputed: computed from the batch itself
     weights = stage_weights(cfg, 0)[0]
     _, clean_flows, _ = forward_batch(model, batch, torch.device("cpu"), weights, noise_std=0.0)
-    assert torch.equal(clean_flows, classical_stack(batch["frames"], clean_flows.shape[2], 2, "dis"))
+    assert torch.equal(clean_flows, stacked_classical_flow(batch["frames"], 2, "dis"))
     torch.manual_seed(0)
     _, noisy_flows, _ = forward_batch(model, batch, torch.device("cpu"), weights, noise_std=0.5)
     assert not torch.equal(noisy_flows, clean_flows)  # the noise the flow network would see reaches DIS too
@@ -112,7 +116,7 @@ def test_random_flow_output_init_starts_away_from_zero_flow(cache):
 def test_trainer_flow_only_path_learns_flow_on_moving_pixels(tmp_path):
     """Through the trainer (loader, augmentation, loss wiring, optimiser), the flow losses alone
     take the flow well below zero flow on moving pixels within a fixed number of steps."""
-    from flowaction.train import evaluate_checkpoint
+    from flowaction.engine.evaluate import evaluate_checkpoint
 
     cfg = from_dict({}, [
         "data.synthetic.num_classes=4", "data.synthetic.size=36", "data.synthetic.num_frames=7",

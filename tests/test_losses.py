@@ -93,7 +93,8 @@ def test_edge_aware_smoothness_lets_the_flow_break_at_an_image_edge():
 
 
 def test_occlusion_masks_leave_out_pixels_that_fail_the_forward_backward_check():
-    from flowaction.losses import forward_backward_visibility, photometric_loss
+    from flowaction.loss_variants import forward_backward_visibility
+    from flowaction.losses import photometric_loss
 
     generator = torch.Generator().manual_seed(1)
     prev, cur = torch.rand(1, 1, 16, 16, generator=generator), torch.rand(1, 1, 16, 16, generator=generator)

@@ -3,7 +3,9 @@ import torch
 
 from flowaction.losses import LossWeights, joint_loss
 from flowaction.models.flownet import FlowNet
-from flowaction.models.joint import JointModel, build_joint_model, num_triplets
+from flowaction.models.joint import JointModel
+from flowaction.models.build import build_joint_model
+from flowaction.triplets import num_triplets
 
 
 @pytest.mark.parametrize("stride,expected", [(1, 14), (3, 5), (2, 7)])
@@ -93,7 +95,7 @@ def test_refine_level_starts_at_the_coarse_flow_and_corrects_every_pixel():
 
 def test_flow_refine_config_builds_the_refine_level():
     from flowaction.config import from_dict
-    from flowaction.train import build_model
+    from flowaction.models.build import build_model
 
     with_level = build_model(from_dict({}, ["model.flow_refine=true", "model.depth=10"]), 3)
     without = build_model(from_dict({}, ["model.depth=10"]), 3)

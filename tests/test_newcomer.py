@@ -10,9 +10,9 @@ from flowaction.cli import main
 from flowaction.data.cache import ClipCache
 from flowaction.data.prepare import prepare
 from flowaction.data.splits import SplitError
-from flowaction.evaluate import EvalResult, video_scores
-from flowaction.run import open_data
-from flowaction.train import check_training_data
+from flowaction.engine.evaluate import EvalResult, video_scores
+from flowaction.data.source import open_data
+from flowaction.engine.loaders import check_training_data
 
 TINY = ["model.depth=10", "model.flow_width=8", "data.crop=32", "data.num_frames=7", "data.synthetic.num_frames=7",
         "data.synthetic.size=36", "data.synthetic.num_classes=4", "data.synthetic.train_per_class=2",
@@ -201,7 +201,7 @@ def test_presets_load_and_train_a_step(preset, folder_cache64, tmp_path):
     from pathlib import Path
 
     from flowaction.config import load_config
-    from flowaction.train import fit
+    from flowaction.engine.fit import fit
 
     path = Path(__file__).resolve().parents[1] / "configs" / f"{preset}.yaml"
     cfg = load_config(path)

@@ -8,9 +8,9 @@ from flowaction.checkpoint import load_checkpoint
 from flowaction.cli import main
 from flowaction.config import ConfigError, from_dict
 from flowaction.models.flownet import FlowNet
-from flowaction.pretrain import default_flow_weights, load_flow_weights, save_flow_weights
-from flowaction.run import open_data
-from flowaction.train import fit
+from flowaction.models.weights import default_flow_weights, load_flow_weights, save_flow_weights
+from flowaction.data.source import open_data
+from flowaction.engine.fit import fit
 
 from test_variants import TINY
 

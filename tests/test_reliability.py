@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from flowaction.cli import main
-from flowaction.evaluate import EvalResult, video_scores
-from flowaction.run import run_lock
+from flowaction.engine.evaluate import EvalResult, video_scores
+from flowaction.commands.rundir import run_lock
 
 
 def test_mean_class_accuracy_is_reported_beside_overall_accuracy():
@@ -40,7 +40,7 @@ def test_version(capsys):
 
 def _tiny_cache(tmp_path):
     from flowaction.config import from_dict
-    from flowaction.run import open_data
+    from flowaction.data.source import open_data
 
     overrides = ["model.depth=10", "model.flow_width=8", "data.crop=32", "data.num_frames=7",
                  "data.synthetic.num_frames=7", "data.synthetic.size=36", "data.synthetic.num_classes=4",
@@ -58,7 +58,8 @@ def test_init_from_a_hara_resnet_checkpoint_adapts_the_first_layer(tmp_path, mod
 
     from flowaction.config import from_dict
     from flowaction.models.resnet3d import resnet3d
-    from flowaction.train import build_model, fit
+    from flowaction.models.build import build_model
+    from flowaction.engine.fit import fit
 
     torch.manual_seed(1)
     hara = resnet3d(10, in_channels=3, num_classes=400, shortcut="B")
@@ -92,8 +93,8 @@ def test_init_from_a_flowaction_checkpoint_of_another_class_count_and_clear_erro
 
     from flowaction.checkpoint import save_checkpoint
     from flowaction.config import from_dict, to_dict
-    from flowaction.init_weights import initialise_from
-    from flowaction.train import build_model
+    from flowaction.models.weights import initialise_from
+    from flowaction.models.build import build_model
 
     overrides, _ = _tiny_cache(tmp_path)
     cfg = from_dict({}, overrides)
@@ -168,7 +169,7 @@ def test_a_full_disk_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path,
 def test_weights_of_another_model_or_class_count_are_refused_naming_what_differs(tmp_path):
     from flowaction.checkpoint import load_weights
     from flowaction.config import load_config
-    from flowaction.train import build_model
+    from flowaction.models.build import build_model
 
     cfg = load_config(None, ["model.depth=10", "model.flow_width=8"])
     eight = build_model(cfg, 8)

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from flowaction.models.resnet3d import ResNet3d, TrimmedConv3d, resnet3d
+from flowaction.models.resnet3d import ResNet3d, resnet3d
 
 # Written out independently of the module under test (Hara's generate_model).
 BLOCKS = {
@@ -239,84 +239,3 @@ def test_rejects_bad_arguments() -> None:
     with pytest.raises(ValueError):
         resnet3d(18, shortcut="C")
     assert isinstance(resnet3d(10, num_classes=3), ResNet3d)
-
-
-# the last two need padding on one side only (or crop input nobody reads): the F.pad path
-_CONVS = [(3, 1, 1), (3, 2, 1), ((7, 7, 7), (1, 2, 2), (3, 3, 3)), (3, 1, 0), (3, 3, 1), (5, 3, 4)]
-_SIZES = [(1, 1, 1), (1, 2, 2), (2, 4, 3), (3, 5, 1), (5, 7, 7)]
-
-
-@pytest.mark.parametrize("kernel,stride,padding,size", [
-    (k, s, p, n) for k, s, p in _CONVS for n in _SIZES
-    if all(size + 2 * pad >= ker for size, ker, pad in zip(n, *(torch.nn.modules.utils._triple(v) for v in (k, p))))
-])
-def test_trimmed_conv_gives_the_outputs_and_gradients_of_the_full_kernel(kernel, stride, padding, size) -> None:
-    torch.manual_seed(0)
-    conv = TrimmedConv3d(3, 4, kernel, stride=stride, padding=padding, bias=True).double()
-    x = torch.randn(2, 3, *size, dtype=torch.double, requires_grad=True)
-    ours = conv(x)
-    reference = F.conv3d(x, conv.weight, conv.bias, conv.stride, conv.padding)
-    assert ours.shape == reference.shape and torch.allclose(ours, reference, atol=1e-12)
-    grad = torch.randn_like(ours)
-    mine = torch.autograd.grad(ours, (x, conv.weight, conv.bias), grad)
-    full = torch.autograd.grad(reference, (x, conv.weight, conv.bias), grad)
-    for a, b in zip(mine, full):
-        assert torch.allclose(a, b, atol=1e-12)
-
-
-def test_trimmed_conv_drops_the_taps_that_only_see_padding(monkeypatch) -> None:
-    conv = TrimmedConv3d(2, 2, 3, padding=1, bias=False)
-    calls = []
-    original = F.conv3d
-    # record the kernel each convolution runs with
-    monkeypatch.setattr(F, "conv3d", lambda x, w, *args: calls.append(tuple(w.shape[2:])) or original(x, w, *args))
-    conv(torch.randn(1, 2, 1, 1, 1))  # one position: only the centre tap reaches the input
-    conv(torch.randn(1, 2, 1, 4, 4))  # one frame: the temporal taps -1 and +1 see padding only
-    conv(torch.randn(1, 2, 3, 4, 4))  # every tap reaches the input: the whole kernel
-    assert calls == [(1, 1, 1), (1, 3, 3), (3, 3, 3)]
-    with pytest.raises(RuntimeError):  # an input smaller than the kernel: PyTorch's own error
-        TrimmedConv3d(2, 2, 3)(torch.randn(1, 2, 1, 4, 4))
-
-
-@pytest.mark.parametrize("kernel,stride,padding,size", [
-    (k, s, p, n) for k, s, p in _CONVS for n in [(2, 4, 3), (5, 7, 7), (5, 8, 8)]
-    if all(size + 2 * pad >= ker for size, ker, pad in zip(n, *(torch.nn.modules.utils._triple(v) for v in (k, p))))
-])
-def test_gemm_input_gradient_equals_the_convolutions_own(kernel, stride, padding, size) -> None:
-    from flowaction.models.resnet3d import _GemmInputGradConv3d
-
-    torch.manual_seed(0)
-    stride, padding, kernel = (torch.nn.modules.utils._triple(v) for v in (stride, padding, kernel))
-    x = torch.randn(2, 2, *size, dtype=torch.double, requires_grad=True)
-    weight = torch.randn(5, 2, *kernel, dtype=torch.double, requires_grad=True)
-    ours = _GemmInputGradConv3d.apply(x, weight, stride, padding)
-    reference = F.conv3d(x, weight, None, stride, padding)
-    assert ours.shape == reference.shape and torch.allclose(ours, reference, atol=1e-12)
-    grad = torch.randn_like(ours)
-    for a, b in zip(torch.autograd.grad(ours, (x, weight), grad), torch.autograd.grad(reference, (x, weight), grad)):
-        assert a.shape == b.shape and torch.allclose(a, b, atol=1e-10)
-
-
-def test_the_stem_takes_the_gemm_input_gradient_only_when_training_in_float32(monkeypatch) -> None:
-    from flowaction.models import resnet3d as module
-
-    calls = []
-    original = module._GemmInputGradConv3d.apply
-    monkeypatch.setattr(module._GemmInputGradConv3d, "apply", lambda *a: calls.append(a[0].shape) or original(*a))
-    torch.manual_seed(0)
-    net = resnet3d(10, in_channels=2, num_classes=3)
-    flows = torch.randn(2, 2, 5, 32, 32, requires_grad=True)
-    net(flows).sum().backward()
-    assert calls == [flows.shape]  # the stem only: the later convolutions have 64+ input channels
-    reference = flows.grad.clone()
-    flows.grad = None
-    with monkeypatch.context() as patch:
-        patch.setattr(module, "GEMM_INPUT_GRAD_MAX_CHANNELS", 0)  # oneDNN's input gradient everywhere
-        net(flows).sum().backward()
-    assert torch.allclose(flows.grad, reference, rtol=1e-4, atol=1e-6 * reference.abs().max().item())
-    with torch.no_grad():
-        net(flows)  # inference and export: the plain convolution
-    net(flows.detach())  # a ResNet on precomputed flows: no input gradient to compute
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        net(flows)  # oneDNN's bf16 path is fast
-    assert len(calls) == 1

@@ -7,8 +7,12 @@ from flowaction.checkpoint import load_checkpoint, save_checkpoint
 from flowaction.cli import main
 from flowaction.config import from_dict
 from flowaction.data.synthetic import CLASS_NAMES
-from flowaction.run import open_data
-from flowaction.train import build_model, build_optimizer, fit, make_loader, train_one_epoch
+from flowaction.data.source import open_data
+from flowaction.models.build import build_model
+from flowaction.engine.optim import build_optimizer
+from flowaction.engine.fit import fit
+from flowaction.engine.loaders import make_loader
+from flowaction.engine.loop import train_one_epoch
 
 TINY = [
     "data.synthetic.num_classes=4", "data.synthetic.size=36", "data.synthetic.num_frames=7",
@@ -126,7 +130,7 @@ def test_adam_implementations_take_the_same_steps():
 
 @pytest.mark.parametrize("scale", [1e-3, 1e3, float("nan")])
 def test_clip_gradients_equals_pytorchs_clipping_and_skips_a_unit_factor(monkeypatch, scale):
-    from flowaction.train import clip_gradients
+    from flowaction.engine.optim import clip_gradients
 
     torch.manual_seed(0)
     ours, theirs = (torch.nn.Linear(7, 5) for _ in range(2))

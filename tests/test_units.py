@@ -9,10 +9,10 @@ from test_train import TINY
 
 from flowaction.config import from_dict
 from flowaction.data.clips import ClipDataset, ClipSpec, JitterSpec
-from flowaction.evaluate import gt_flow_for_model
-from flowaction.losses import census_transform, forward_backward_visibility, ssim_dissimilarity
-from flowaction.run import open_data
-from flowaction.train import learning_rate
+from flowaction.engine.evaluate import gt_flow_for_model
+from flowaction.loss_variants import census_transform, forward_backward_visibility, ssim_dissimilarity
+from flowaction.data.source import open_data
+from flowaction.engine.optim import learning_rate
 
 
 def test_learning_rate_warms_up_linearly_then_follows_the_cosine():
@@ -91,7 +91,7 @@ def test_horizontal_flip_mirrors_the_frames_and_negates_the_flow(tmp_path):
 def test_keep_heap_memory_raises_glibc_thresholds_once_and_only_on_glibc(monkeypatch):
     import platform
 
-    import flowaction.allocator as allocator
+    import flowaction.speedups.allocator as allocator
     from flowaction.config import ConfigError, from_dict
 
     real = allocator._mallopt
@@ -113,10 +113,10 @@ def test_keep_heap_memory_raises_glibc_thresholds_once_and_only_on_glibc(monkeyp
 
 @pytest.mark.parametrize("choice", ["keep", "system"])
 def test_training_applies_the_allocator_setting(choice, monkeypatch, tmp_path):
-    import flowaction.allocator as allocator
+    import flowaction.speedups.allocator as allocator
     from flowaction.config import from_dict
-    from flowaction.run import open_data
-    from flowaction.train import fit
+    from flowaction.data.source import open_data
+    from flowaction.engine.fit import fit
 
     applied = []
     monkeypatch.setattr(allocator, "keep_heap_memory", lambda: applied.append(True) or True)

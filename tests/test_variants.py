@@ -2,11 +2,13 @@
 import pytest
 import torch
 
-from flowaction.ablate import VARIANTS, variant_config
+from flowaction.commands.ablate import VARIANTS, variant_config
 from flowaction.config import from_dict
-from flowaction.forward import forward_batch
-from flowaction.run import open_data
-from flowaction.train import build_model, make_loader, stage_weights
+from flowaction.engine.step import forward_batch
+from flowaction.data.source import open_data
+from flowaction.models.build import build_model
+from flowaction.engine.loaders import make_loader
+from flowaction.engine.optim import stage_weights
 
 TINY = [
     "data.synthetic.num_classes=4", "data.synthetic.size=36", "data.synthetic.num_frames=7",

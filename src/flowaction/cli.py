@@ -1,13 +1,19 @@
-"""The ``flowaction`` command: the one place that parses arguments.
-
-Each subcommand maps to one function call of the package.
-"""
+"""The command line: the one place that parses arguments. Each subcommand is one thin function
+that calls one function of ``flowaction.commands`` (imported when the subcommand runs, so that
+``--help`` and ``keys`` start fast)."""
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
+
+from flowaction import __version__
+from flowaction.config import Config, ConfigError, nearest, to_dict, valid_keys
+
+DESCRIPTION = ("flowaction: recognise actions in video with a 3D ResNet on optical flow that a small "
+               "network learns inside the model, without flow ground truth.")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -18,10 +24,6 @@ class _Parser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
     def error(self, message: str):
-        import re
-
-        from flowaction.config import nearest
-
         match = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
         if match:
             near = nearest(match.group(1), re.findall(r"'([^']*)'", match.group(2)))
@@ -31,8 +33,6 @@ class _Parser(argparse.ArgumentParser):
 
     def reject_unknown(self, extra: list[str]) -> None:
         """Exit with an error naming ``extra`` (unknown options), each with its nearest option."""
-        from flowaction.config import nearest
-
         options = [o for action in self._actions for o in action.option_strings]
         hints = [f"{word}: did you mean {' or '.join(near)}?" for word in extra
                  if word.startswith("-") and (near := nearest(word.split("=", 1)[0], options))]
@@ -59,78 +59,33 @@ def _progress(args: argparse.Namespace) -> bool:
     return not getattr(args, "no_progress", False) and sys.stderr.isatty()
 
 
+def _command_line(args: argparse.Namespace, leave_out: tuple[str, ...] = ()) -> str:
+    """The command line that ran (without the words ``leave_out``), as a study's results and a
+    flownet.pt record it."""
+    argv = sys.argv[1:] if args.argv is None else args.argv
+    return "flowaction " + " ".join(str(word) for word in argv if word not in leave_out)
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
-    import contextlib
-    import os
+    from flowaction.commands.train import run_train
 
-    from flowaction import distributed
-    from flowaction.config import load_config
-    from flowaction.run import claim_run_dir, open_data, resume_config, run_lock
-    from flowaction.train import fit
-
-    # under torchrun every process runs this; rank 0 alone claims the folder, generates data and prints
-    main_rank = int(os.environ.get("RANK", "0")) == 0
-    say = print if main_rank else (lambda *_: None)
-    if args.auto_resume:  # torchrun --max-restarts, job schedulers: the same command starts or continues
-        args.resume = (Path(args.out) / "last.pt").is_file()
-    overrides = list(args.overrides)
-    if args.data:
-        overrides.append(f"data.cache={args.data}")
-    if args.resume:
-        if args.config is not None:
-            raise ValueError("--resume takes the run's own config.yaml: give changes as KEY=VALUE, not --config")
-        claim_run_dir(args.out, args.resume, args.overwrite, args.delete_old)
-        cfg = resume_config(args.out, overrides, log=say)
-    else:  # a bad config is reported before the folder is looked at
-        cfg = load_config(args.config, overrides)
-        if main_rank:
-            claim_run_dir(args.out, args.resume, args.overwrite, args.delete_old)
-    context, _ = distributed.setup(cfg.device)
-    lock = run_lock(args.out) if context.main else contextlib.nullcontext()
-    try:
-        with lock:
-            if context.main:
-                cache = open_data(cfg, args.out, progress=_progress(args))
-            distributed.barrier(context)  # the others open what rank 0 generated
-            if not context.main:
-                cache = open_data(cfg, args.out, progress=False)
-            summary = fit(cfg, cache, args.out, resume=args.resume, progress=_progress(args), log=say)
-    finally:
-        distributed.cleanup(context)
-    say(json.dumps(summary, indent=1))
+    summary = run_train(args.out, args.config, args.data, args.overrides, resume=args.resume,
+                        auto_resume=args.auto_resume, overwrite=args.overwrite, delete_old=args.delete_old,
+                        progress=_progress(args))
+    if summary is not None:  # rank 0 of a torchrun
+        print(json.dumps(summary, indent=1))
     return 0
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from flowaction.data.cache import ClipCache
-    from flowaction.run import write_eval_report
-    from flowaction.train import evaluate_checkpoint
+    from flowaction.commands.evaluate import run_eval
 
-    cache = ClipCache.open(args.data)
-    if args.split is None:
-        args.split = "test" if cache.split("test") else "val"
-        print(f"scoring split {args.split!r}" + ("" if args.split == "test" else " (the cache has no test split)"))
-    report = evaluate_checkpoint(args.checkpoint, cache, args.split, "test", args.device, progress=_progress(args))
-    write_eval_report(report, args.out)
-    from flowaction.evaluate import describe_flow_errors
-
-    print(
-        f"{args.split}: clip accuracy {report['clip_accuracy']:.4f}  video accuracy "
-        f"{report['video_accuracy']:.4f}"
-        + (f"  top-5 {report['top5_video_accuracy']:.4f}" if report["top5_video_accuracy"] is not None else "")
-    )
-    print(f"mean class accuracy {report['mean_class_accuracy']:.4f}")
-    if report["flow"]:
-        print(describe_flow_errors(report["flow"]))
-    if report["selected_on_this_split"]:
-        print(f"note: the checkpoint was selected on split {args.split!r} (its best validation accuracy), so this "
-              "figure is optimistic; score a split it was not selected on")
-    print(f"wrote {Path(args.out) / 'eval.json'} and {Path(args.out) / 'confusion.png'}")
+    run_eval(args.checkpoint, args.data, args.out, args.split, args.device, progress=_progress(args))
     return 0
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from flowaction.demo import run_demo
+    from flowaction.commands.demo import run_demo
 
     metrics = run_demo(args.out, preset=args.preset, overrides=args.overrides, resume=args.resume,
                        overwrite=args.overwrite, delete_old=args.delete_old, progress=_progress(args))
@@ -139,114 +94,40 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_ablate(args: argparse.Namespace) -> int:
-    from flowaction.run import run_lock
+    from flowaction.commands.ablate import run_ablation
+    from flowaction.commands.rundir import run_lock
 
-    split = lambda text: [item.strip() for item in text.split(",") if item.strip()]  # noqa: E731
+    def items(text: str) -> list[str]:
+        return [item.strip() for item in text.split(",") if item.strip()]
+
+    command = _command_line(args, leave_out=("--summary-only",))
     with run_lock(args.out):
-        return _ablate_locked(args, split)
-
-
-def _ablate_locked(args: argparse.Namespace, split) -> int:
-    from flowaction.ablate import run_ablation
-
-    path = run_ablation(
-        args.config, split(args.runs), args.seeds, args.out, args.overrides,
-        [int(n) for n in split(args.sweep)] if args.sweep else None,
-        split(args.sweep_runs) if args.sweep_runs else None,
-        args.keep_checkpoints, command="flowaction " + " ".join(a for a in (sys.argv[1:] if args.argv is None else args.argv) if a != "--summary-only"),
-        summary_only=args.summary_only, progress=_progress(args),
-    )
+        path = run_ablation(
+            args.config, items(args.runs), args.seeds, args.out, args.overrides,
+            [int(n) for n in items(args.sweep)] if args.sweep else None,
+            items(args.sweep_runs) if args.sweep_runs else None,
+            args.keep_checkpoints, command=command, summary_only=args.summary_only, progress=_progress(args),
+        )
     print(path.read_text())
     return 0
 
 
 def _cmd_pretrain_flow(args: argparse.Namespace) -> int:
-    from flowaction.config import load_config
-    from flowaction.demo import preset_path
-    from flowaction.pretrain import pretrain_flow
-    from flowaction.run import claim_run_dir, run_lock
+    from flowaction.commands.pretrain import run_pretrain
 
-    if args.data and args.videos:
-        raise ValueError("give --data CACHE or --videos DIR, not both")
-    overrides = list(args.overrides)
-    if args.videos:  # decoded once into OUT/cache (a rerun reuses it)
-        overrides.append(f"data.cache={args.out / 'cache'}")
-    elif args.data:
-        overrides.append(f"data.cache={args.data}")
-    cfg = load_config(args.config or preset_path("pretrain"), overrides)
-    claim_run_dir(args.out, args.resume, args.overwrite, args.delete_old)
-    with run_lock(args.out):
-        return _pretrain_locked(args, cfg)
-
-
-def _pretrain_locked(args: argparse.Namespace, cfg) -> int:
-    from flowaction.pretrain import pretrain_flow
-    from flowaction.run import open_data
-
-    if args.videos:
-        from flowaction.data.prepare import prepare
-
-        # the flow losses need no labels: one folder of videos is enough
-        prepare("folder", args.videos, args.out / "cache", workers=1, progress=_progress(args), log=print,
-                min_classes=1)
-    cache = open_data(cfg, args.out, progress=_progress(args))
-    argv = sys.argv[1:] if args.argv is None else args.argv
-    summary = pretrain_flow(cfg, cache, args.out, args.steps, args.eval_every, resume=args.resume,
-                            progress=_progress(args), command="flowaction " + " ".join(map(str, argv)))
+    summary = run_pretrain(args.out, args.steps, args.eval_every, args.config, args.data, args.videos,
+                           args.overrides, resume=args.resume, overwrite=args.overwrite, delete_old=args.delete_old,
+                           progress=_progress(args), command=_command_line(args))
     print(f"wrote {summary['weights']} after {summary['steps']} steps ({summary['wall_seconds']:.0f} s); "
           f"use it with model.flow_init={summary['weights']}")
     return 0
 
 
-def _videos(paths: list[Path]) -> list[Path]:
-    """Files as given; a folder gives every video file under it (sorted)."""
-    from flowaction.data.splits import VIDEO_EXTENSIONS
-
-    found: list[Path] = []
-    for path in paths:
-        if path.is_dir():
-            inside = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS)
-            if not inside:
-                raise FileNotFoundError(f"{path} holds no video file ({', '.join(VIDEO_EXTENSIONS)})")
-            found.extend(inside)
-        elif not path.exists():
-            raise FileNotFoundError(f"{path} does not exist")
-        else:
-            found.append(path)
-    return found
-
-
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from flowaction.data.decode import DecodeError
-    from flowaction.inference.model import load_model
-    from flowaction.inference.predict import predict_video
+    from flowaction.commands.predict import run_predict
 
-    videos = _videos(args.paths)
-    if args.save_flow is not None and args.save_flow.exists() and not args.save_flow.is_dir():
-        raise FileExistsError(f"--save-flow {args.save_flow} is a file, not a folder")
-    model = load_model(args.checkpoint, args.device)
-    if args.save_flow is not None and model.input == "frames":
-        print(f"--save-flow: model.input=frames classifies frames and computes no flow: no flow pictures")
-    results, failed = [], []
-    for video in videos:
-        try:
-            result = predict_video(model, video, args.clips, args.top_k, args.timeline, args.save_flow)
-        except DecodeError as error:  # one bad file is reported, the others still run
-            print(f"{video}: cannot decode video: {error}", file=sys.stderr)
-            failed.append({"video": str(video), "error": str(error)})
-            continue
-        results.append(result)
-        best = "  ".join(f"{item['label']} {item['probability']:.3f}" for item in result["top_k"])
-        print(f"{video}: {best}")
-        for segment in result.get("timeline", []):
-            top = segment["top_k"][0]
-            print(f"  {segment['start_s']:7.1f}-{segment['end_s']:7.1f} s: {top['label']} {top['probability']:.3f}")
-    if args.json:
-        from flowaction.data.cache import atomic_write_json
-
-        atomic_write_json(args.json, {"checkpoint": str(args.checkpoint), "videos": results, "failed": failed})
-        print(f"wrote {args.json}")
-    return 0 if results else 2
+    return run_predict(args.paths, args.checkpoint, args.clips, args.top_k, args.timeline, args.save_flow, args.json,
+                       args.device)
 
 
 def _cmd_stream(args: argparse.Namespace) -> int:
@@ -274,8 +155,6 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_keys(args: argparse.Namespace) -> int:
-    from flowaction.config import Config, to_dict, valid_keys
-
     defaults = to_dict(Config())
     for key in valid_keys():
         node = defaults
@@ -286,8 +165,8 @@ def _cmd_keys(args: argparse.Namespace) -> int:
 
 
 def _cmd_prepare(args: argparse.Namespace) -> int:
+    from flowaction.commands.rundir import run_lock
     from flowaction.data.prepare import prepare
-    from flowaction.run import run_lock
 
     if (args.height is None) != (args.width is None):
         raise ValueError("give both --height and --width, or neither (then --size sets the short side)")
@@ -319,8 +198,8 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def _cmd_flow(args: argparse.Namespace) -> int:
+    from flowaction.commands.flow import run_flow
     from flowaction.data.decode import DecodeError
-    from flowaction.flowcmd import run_flow
 
     if args.stride != "train" and not (args.stride.isdigit() and int(args.stride) >= 1):
         raise ValueError(f"--stride must be a positive integer or 'train', got {args.stride!r}")
@@ -333,6 +212,7 @@ def _cmd_flow(args: argparse.Namespace) -> int:
     except DecodeError as error:  # a corrupt or unsupported file is a user error, not a crash
         print(f"flowaction flow: error: {args.video}: cannot decode video: {error}", file=sys.stderr)
         return 2
+
     def number(value: float | None) -> str:  # None: no pixel stayed inside the frame
         return "n/a" if value is None else f"{value:.4f}"
 
@@ -348,11 +228,9 @@ def _cmd_flow(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from flowaction import __version__
+    from flowaction.commands.ablate import VARIANTS
 
-    from flowaction.ablate import VARIANTS
-
-    parser = _Parser(prog="flowaction", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="flowaction", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"flowaction {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -494,8 +372,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from flowaction.config import ConfigError
-
     parser = build_parser()
     args, extra = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
     if extra:  # unknown options: say which, with the nearest ones of that subcommand

@@ -6,7 +6,9 @@ value of the wrong type or outside its range is rejected before any work starts.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -65,16 +67,16 @@ class ModelConfig:
     # a full-resolution level at the end of the flow network (warps, compares, corrects)
     flow_refine: bool = False
     triplet_stride: int = 3
-    input: str = "learned"  # learned | learned+frames | frames | dis | farneback
+    input: str = "learned"  # one of MODEL_INPUTS
     # share of the classifier's gradient that reaches the flow network: 1 = the paper's joint
-    # training (its flow then stays at zero-flow quality), 0 = the flow network learns from the
+    # training (the classifier's gradient then dominates the flow network's), 0 = it learns from the
     # flow losses only (the classifier still sees and trains on the learned flow)
     flow_grad_scale: float = 0.1
-    # where the flow network starts: none (random, the paper's from-scratch training), default
-    # (the pre-trained network shipped in the package) or the path of a flownet.pt / run checkpoint
     # start from other weights: a flowaction checkpoint or a 3D ResNet checkpoint of Hara et al.
     # (their state_dict layout); what does not fit (e.g. another number of classes) stays fresh
     init: str = ""
+    # where the flow network starts: none (random, the paper's from-scratch training), default
+    # (the pre-trained network shipped in the package) or the path of a flownet.pt / run checkpoint
     flow_init: str = "none"
     # dis / farneback inputs: "input" computes OpenCV flow on exactly the frames the learned flow
     # network sees (jittered, cropped, with the Gaussian noise), "clean" reads it precomputed from
@@ -84,9 +86,13 @@ class ModelConfig:
 
 
 @dataclass
-class LossConfig:
-    # a2 = 100 brings the photometric term (~0.01 on [0, 1] intensities) to the size of the
-    # cross-entropy, so the flow network learns flow rather than whatever the classifier wants
+class LossWeights:
+    """The constants of eq. 3 (``loss.classification``, ``loss.photometric``, ``loss.smoothness``),
+    the Charbonnier settings and the switches of the loss variants: the ``loss`` section of a
+    config and the argument of every loss function."""
+
+    # a2 lifts the photometric term (intensities in [0, 1] give small differences) to the size of
+    # the cross-entropy, so the flow network learns flow rather than whatever the classifier wants
     classification: float = 1.0
     photometric: float = 100.0
     smoothness: float = 1.0
@@ -102,6 +108,18 @@ class LossConfig:
     long_pair: float = 0.0
     multiscale: bool = False  # photometric loss on the flow network's coarser flows too
     occlusion: bool = False  # forward-backward occlusion masks (runs the flow network twice)
+
+
+@dataclass
+class CpuConfig:
+    """Speed-ups of the 3D ResNet on a CPU, applied to the plain model (see ``flowaction.speedups``);
+    each gives the same outputs and gradients, and ``benchmarks/bench_train.py`` measures it."""
+
+    # skip the convolution kernel taps that only ever multiply zero padding (deep stages of short clips)
+    trim_kernels: bool = True
+    # training in float32 on a CPU: the stem's input gradient (the classifier's gradient into the
+    # learned flows) by PyTorch's GEMM transposed convolution instead of oneDNN
+    gemm_input_grad: bool = True
 
 
 @dataclass
@@ -126,7 +144,7 @@ class OptimConfig:
     amp: str = "off"
     compile: bool = False  # torch.compile the training step (minutes of compilation first; for long runs)
     channels_last: bool = False  # the 3D ResNet in channels-last 3D memory layout (for GPUs; slower on CPU)
-    adam: str = "fused"  # Adam's implementation: fused (one kernel, fastest), foreach or loop (PyTorch's reference)
+    adam: str = "fused"  # Adam's implementation: fused (one kernel), foreach or loop (PyTorch's reference)
 
 
 @dataclass
@@ -134,23 +152,28 @@ class Config:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int = 0  # torch intra-op threads; 0 = leave torch's default
-    # keep: large CPU buffers stay in the process heap between steps (glibc; CPU steps take ~0.8x the time,
-    # the process keeps its peak memory); system: the C library's defaults
+    # keep: large CPU buffers stay in the process heap between steps (glibc; the process keeps its
+    # peak memory); system: the C library's defaults
     allocator: str = "keep"
+    cpu: CpuConfig = field(default_factory=CpuConfig)
     data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
+    loss: LossWeights = field(default_factory=LossWeights)
     optim: OptimConfig = field(default_factory=OptimConfig)
 
 
-# the model inputs whose model holds a flow network (the others classify frames or OpenCV flow)
+#: what the action network classifies (``model.input``): "learned" is the paper's joint model
+MODEL_INPUTS = ("learned", "learned+frames", "frames", "dis", "farneback")
+#: the model inputs whose model holds a flow network (the others classify frames or OpenCV flow)
 LEARNED_INPUTS = ("learned", "learned+frames")
+#: the presets packaged with flowaction (``src/flowaction/configs/<name>.yaml``)
+PRESETS = ("demo", "tiny", "pretrain")
 _CHOICES = {
     "model.depth": (10, 18, 34, 50),
     "model.shortcut": ("A", "B"),
     "optim.schedule": ("cosine", "constant"),
-    "model.input": ("learned", "learned+frames", "frames", "dis", "farneback"),
+    "model.input": MODEL_INPUTS,
     "loss.data_term": ("charbonnier", "census", "ssim"),
     "loss.smooth_order": (1, 2),
     "model.classical_on": ("input", "clean"),
@@ -203,8 +226,6 @@ def _coerce(key: str, value: Any, current: Any) -> Any:
 
 def nearest(word: str, choices: list[str] | tuple[str, ...], cutoff: float = 0.6) -> list[str]:
     """The choices nearest to ``word`` (the best and any as good within 0.05), for "did you mean"."""
-    import difflib
-
     scored = sorted(((difflib.SequenceMatcher(None, word, c).ratio(), c) for c in choices), reverse=True)
     if not scored or scored[0][0] < cutoff:
         return []
@@ -307,6 +328,13 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         if not isinstance(mapping, dict):
             raise ConfigError(f"{path}: expected a mapping at the top level")
     return from_dict(mapping, overrides)
+
+
+def preset_path(name: str) -> Path:
+    """The packaged YAML of a preset (one of :data:`PRESETS`)."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {PRESETS}")
+    return Path(str(resources.files("flowaction") / "configs" / f"{name}.yaml"))
 
 
 def save_config(cfg: Config, path: str | Path) -> None:

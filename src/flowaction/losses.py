@@ -1,65 +1,21 @@
-"""The unsupervised flow losses and the paper's joint loss (eqs. 1-3).
+"""The paper's losses: eq. 1 ``photometric_loss``, eq. 2 ``smoothness_loss``, eq. 3 ``joint_loss``.
 
-Nothing here knows about data sets or models: the functions take tensors.
+``rho(x) = (x^2 + eps^2)^alpha`` is the generalised Charbonnier penalty. The flow ``O_k`` lives on
+the grid of ``I_{k-1}`` and points into ``I_k``; :func:`flow_loss_terms` applies eqs. 1 and 2 to the
+stacked flows of a batch of clips. The variants (census and SSIM data terms, occlusion masks) are in
+:mod:`flowaction.loss_variants`. Tensors only: nothing here knows about data sets or models.
 """
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
+from flowaction.config import LossWeights
+from flowaction.loss_variants import charbonnier, data_penalty, forward_backward_visibility
+from flowaction.triplets import flow_pair_frames, triplet_frames
 from flowaction.warp import backward_warp, in_frame_mask
 
-
-def charbonnier(x: torch.Tensor, alpha: float = 0.45, eps: float = 1e-3) -> torch.Tensor:
-    """Generalised Charbonnier penalty ``(x^2 + eps^2)^alpha``, element-wise."""
-    return (x * x + eps * eps) ** alpha
-
-
-def census_transform(image: torch.Tensor, radius: int = 3) -> torch.Tensor:
-    """Soft ternary census of ``(B, 1, H, W)`` images: ``(B, (2r+1)^2, H, W)`` in (-1, 1).
-
-    Each channel compares a pixel with one neighbour, normalised so the descriptor does not
-    depend on local brightness or contrast (robust to the lighting changes that break the
-    brightness-constancy assumption).
-    """
-    size = 2 * radius + 1
-    patches = F.unfold(F.pad(image, (radius,) * 4, mode="replicate"), size)  # (B, size^2, H*W)
-    patches = patches.view(image.shape[0], size * size, *image.shape[-2:])
-    diff = patches - image
-    return diff / torch.sqrt(0.81 + diff * diff)
-
-
-def ssim_dissimilarity(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """``(1 - SSIM) / 2`` over 3 x 3 windows, per pixel, ``(B, C, H, W)`` in [0, 1]."""
-    c1, c2 = 0.01**2, 0.03**2
-    mu_x = F.avg_pool2d(x, 3, 1, 1, count_include_pad=False)
-    mu_y = F.avg_pool2d(y, 3, 1, 1, count_include_pad=False)
-    var_x = F.avg_pool2d(x * x, 3, 1, 1, count_include_pad=False) - mu_x**2
-    var_y = F.avg_pool2d(y * y, 3, 1, 1, count_include_pad=False) - mu_y**2
-    cov = F.avg_pool2d(x * y, 3, 1, 1, count_include_pad=False) - mu_x * mu_y
-    ssim = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
-    return ((1 - ssim) / 2).clamp(0, 1)
-
-
-def data_penalty(warped: torch.Tensor, target: torch.Tensor, term: str, alpha: float, eps: float) -> torch.Tensor:
-    """Per-pixel data term ``(B, 1, H, W)`` between a warped frame and its target.
-
-    ``term``: ``"charbonnier"`` (the paper's eq. 1), ``"census"`` (soft Hamming distance of census
-    descriptors, then Charbonnier) or ``"ssim"`` (0.85 SSIM dissimilarity + 0.15 Charbonnier).
-    """
-    if term == "charbonnier":
-        return charbonnier(warped - target, alpha, eps).mean(1, keepdim=True)
-    if term == "census":
-        diff = census_transform(warped) - census_transform(target)
-        distance = (diff * diff / (0.1 + diff * diff)).mean(1, keepdim=True)
-        return charbonnier(distance, alpha, eps)
-    if term == "ssim":
-        return 0.85 * ssim_dissimilarity(warped, target).mean(1, keepdim=True) + 0.15 * charbonnier(
-            warped - target, alpha, eps
-        ).mean(1, keepdim=True)
-    raise ValueError(f"unknown data term {term!r}; choose charbonnier, census or ssim")
+__all__ = ["LossWeights", "charbonnier", "photometric_loss", "smoothness_loss", "joint_loss", "flow_loss_terms"]
 
 
 def photometric_loss(
@@ -140,56 +96,38 @@ def smoothness_loss(
     return 2.0 * (grad_x.mean() + grad_y.mean())
 
 
-def forward_backward_visibility(
-    flow: torch.Tensor, other: torch.Tensor, scale: float = 0.01, offset: float = 0.5
-) -> torch.Tensor:
-    """``(B, 1, H, W)`` 1 where ``flow`` passes the forward-backward consistency check, else 0.
-
-    ``other`` is the flow in the opposite direction, living on the grid ``flow`` points into. A
-    pixel is taken as occluded when ``|F + B(x + F)|^2 > scale * (|F|^2 + |B(x + F)|^2) + offset``.
-    """
-    back = backward_warp(other, flow)
-    mismatch = ((flow + back) ** 2).sum(1, keepdim=True)
-    bound = scale * ((flow**2).sum(1, keepdim=True) + (back**2).sum(1, keepdim=True)) + offset
-    return (mismatch <= bound).to(flow.dtype).detach()
-
-
-def triplet_frames(frames: torch.Tensor, num_flows: int, stride: int, position: int) -> torch.Tensor:
-    """Frame ``position`` (0, 1 or 2) of every triplet of a clip, ``(B * N, 1, H, W)`` clip-major.
+def joint_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    flows: torch.Tensor | None,
+    frames: torch.Tensor,
+    stride: int,
+    weights: LossWeights = LossWeights(),
+    pyramid: list[torch.Tensor] | None = None,
+    backward_flows: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
+    """Eq. 3: ``a1 * CE + a2 * L_P + a3 * L_S`` over a batch of clips.
 
     Args:
-        frames: ``(B, 1, T, H, W)`` clean frames in [0, 1].
-        num_flows: ``N``, flows per clip.
-        stride: triplet stride ``s``; triplet ``j`` is frames ``j*s, j*s+1, j*s+2``.
+        logits: ``(B, K)``; labels: ``(B,)`` int64.
+        flows: ``(B, 2, N, H, W)`` stacked flows in pixels, or None for models without a flow
+            network (then only the classification term is computed).
+        frames, stride, pyramid, backward_flows: as in :func:`flow_loss_terms`.
+
+    Returns:
+        ``{"total", "classification", "photometric", "smoothness"}``, each a scalar tensor.
     """
-    index = torch.arange(num_flows, device=frames.device) * stride + position
-    return frames[:, :, index].transpose(1, 2).flatten(0, 1)
-
-
-def clip_triplet_pairs(
-    frames: torch.Tensor, num_flows: int, stride: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The frames each flow of a clip relates: ``I_{k-1}`` and ``I_k`` of every triplet, two
-    ``(B * N, 1, H, W)`` tensors ordered clip-major like the stacked flows (see :func:`triplet_frames`)."""
-    return triplet_frames(frames, num_flows, stride, 0), triplet_frames(frames, num_flows, stride, 1)
-
-
-@dataclass(frozen=True)
-class LossWeights:
-    """The constants of eq. 3, the Charbonnier settings and the switches of the variants."""
-
-    classification: float = 1.0
-    photometric: float = 100.0
-    smoothness: float = 1.0
-    alpha: float = 0.45
-    eps: float = 1e-3
-    smooth_alpha: float = 0.45
-    data_term: str = "charbonnier"
-    edge_aware: float = 0.0
-    smooth_order: int = 1
-    long_pair: float = 0.0
-    multiscale: bool = False
-    occlusion: bool = False
+    terms = {"classification": F.cross_entropy(logits, labels)}
+    if flows is None:
+        terms["total"] = weights.classification * terms["classification"]
+        return terms
+    terms.update(flow_loss_terms(flows, frames, stride, weights, pyramid, backward_flows))
+    terms["total"] = (
+        weights.classification * terms["classification"]
+        + weights.photometric * terms["photometric"]
+        + weights.smoothness * terms["smoothness"]
+    )
+    return terms
 
 
 def _area_resize(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -223,7 +161,7 @@ def flow_loss_terms(
     w = weights
     num_flows = flows.shape[2]
     flat_flows = flows.transpose(1, 2).flatten(0, 1)  # (B*N, 2, H, W)
-    prev, cur = clip_triplet_pairs(frames, num_flows, stride)
+    prev, cur = flow_pair_frames(frames, num_flows, stride)
     if w.occlusion and backward_flows is not None:
         visible_fwd = forward_backward_visibility(flat_flows, backward_flows)
         visible_bwd = forward_backward_visibility(backward_flows, flat_flows)
@@ -255,37 +193,3 @@ def flow_loss_terms(
             norm += scale_weight
         photometric = total / norm
     return {"photometric": photometric, "smoothness": smoothness}
-
-
-def joint_loss(
-    logits: torch.Tensor,
-    labels: torch.Tensor,
-    flows: torch.Tensor | None,
-    frames: torch.Tensor,
-    stride: int,
-    weights: LossWeights = LossWeights(),
-    pyramid: list[torch.Tensor] | None = None,
-    backward_flows: torch.Tensor | None = None,
-) -> dict[str, torch.Tensor]:
-    """Eq. 3: ``a1 * CE + a2 * L_P + a3 * L_S`` over a batch of clips.
-
-    Args:
-        logits: ``(B, K)``; labels: ``(B,)`` int64.
-        flows: ``(B, 2, N, H, W)`` stacked flows in pixels, or None for models without a flow
-            network (then only the classification term is computed).
-        frames, stride, pyramid, backward_flows: as in :func:`flow_loss_terms`.
-
-    Returns:
-        ``{"total", "classification", "photometric", "smoothness"}``, each a scalar tensor.
-    """
-    terms = {"classification": F.cross_entropy(logits, labels)}
-    if flows is None:
-        terms["total"] = weights.classification * terms["classification"]
-        return terms
-    terms.update(flow_loss_terms(flows, frames, stride, weights, pyramid, backward_flows))
-    terms["total"] = (
-        weights.classification * terms["classification"]
-        + weights.photometric * terms["photometric"]
-        + weights.smoothness * terms["smoothness"]
-    )
-    return terms

@@ -13,6 +13,7 @@ import numpy as np
 from tqdm import tqdm
 
 from flowaction.data.cache import ClipCache
+from flowaction.flow.classical import ClassicalFlow
 
 METHODS = ("dis", "farneback")
 
@@ -23,8 +24,6 @@ def classical_path(cache: ClipCache, shard: str, method: str):
 
 def ensure_classical_flow(cache: ClipCache, method: str, progress: bool = True) -> int:
     """Compute ``method`` flow for every shard that lacks it. Returns the shards computed."""
-    from flowaction.flow.classical import ClassicalFlow
-
     if method not in METHODS:
         raise ValueError(f"unknown classical flow {method!r}; choose one of {METHODS}")
     by_shard: dict[str, list[int]] = {}

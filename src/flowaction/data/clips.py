@@ -89,7 +89,9 @@ class ClipDataset(Dataset):
     (index into the cache); and, when the cache holds ground truth and ``frame_step == 1``,
     ``flow`` ``(T - 1, 2, crop, crop)`` (pair ``t`` -> ``t + 1``) and ``valid`` ``(T - 1, crop, crop)``;
     with ``classical`` ("dis" / "farneback"), ``classical`` ``(T - 1, 2, crop, crop)`` from the cache.
-    In ``test`` mode there are ``K`` items per video.
+    In ``test`` mode there are ``K`` items per video. A ``train`` item's random draws follow
+    ``(seed, epoch, item)``: index it with ``(epoch, item)`` pairs, as
+    :class:`~flowaction.data.sampler.EpochSampler` does.
     """
 
     def __init__(
@@ -108,7 +110,6 @@ class ClipDataset(Dataset):
         self.clip = clip
         self.jitter = jitter if mode == "train" else None
         self.seed = seed
-        self.epoch = 0
         self.videos = cache.split(split) if videos is None else list(videos)
         if not self.videos:
             raise ValueError(f"{cache.root}: split {split!r} has no videos (splits: {cache.splits()})")
@@ -122,16 +123,13 @@ class ClipDataset(Dataset):
             raise ValueError("precomputed classical flow relates consecutive frames: use frame_step 1")
         self.classical = classical
 
-    def set_epoch(self, epoch: int) -> None:
-        """The epoch of plain integer items (an :class:`EpochSampler` passes its own with each item)."""
-        self.epoch = epoch
-
     def __len__(self) -> int:
         return len(self.videos) * self.per_video
 
     def __getitem__(self, item: int | tuple[int, int]) -> dict:
-        # (epoch, index) from EpochSampler: the draws follow the epoch even in persistent workers
-        epoch, item = item if isinstance(item, tuple) else (self.epoch, item)
+        # (epoch, index) from EpochSampler: the draws follow the epoch even in persistent workers;
+        # a plain index (a look at one item) draws as in epoch 0
+        epoch, item = item if isinstance(item, tuple) else (0, item)
         video = self.videos[item // self.per_video]
         record = self.cache.videos[video]
         length = record["length"]

@@ -15,8 +15,11 @@ from typing import Any
 
 import cv2
 import numpy as np
+import torch
 
-__all__ = ["METHODS", "DIS_PRESETS", "ClassicalFlow", "classical_flow", "clip_classical_flow"]
+from flowaction.triplets import pair_starts
+
+__all__ = ["METHODS", "DIS_PRESETS", "ClassicalFlow", "classical_flow", "clip_classical_flow", "stacked_classical_flow"]
 
 METHODS: tuple[str, ...] = ("dis", "farneback")
 DIS_PRESETS: dict[str, int] = {
@@ -176,3 +179,15 @@ def clip_classical_flow(frames: Any, method: str = "dis", preset: str = "medium"
         raise ValueError(f"frames must be (T, H, W) with T >= 2, got {frames_np.shape}")
     estimator = _estimator(method, preset)
     return np.stack([estimator(frames_np[t], frames_np[t + 1]) for t in range(len(frames_np) - 1)])
+
+
+def stacked_classical_flow(frames: torch.Tensor, stride: int, method: str = "dis") -> torch.Tensor:
+    """OpenCV flow on the pairs a model's flows relate, stacked like them: frames
+    ``(B, 1, T, H, W)`` in [0, 1] -> ``(B, 2, N, H, W)`` pixels (pair ``j*s -> j*s+1``), on the
+    frames' device."""
+    images = (frames[:, 0].detach().cpu().numpy() * 255.0).round().astype(np.uint8)  # (B, T, H, W)
+    starts = pair_starts(images.shape[1], stride)
+    out = np.stack([np.stack([classical_flow(clip[p], clip[p + 1], method) for p in starts], axis=1)
+                    for clip in images])
+    return torch.from_numpy(out).to(frames.device)
+

@@ -3,9 +3,9 @@
 Flows follow the project convention: arrays of shape ``(..., 2, H, W)``,
 channel 0 = u (horizontal, +right), channel 1 = v (vertical, +down), in pixels; ``flow[t]`` lives
 on the grid of frame t and points into frame t+1. Validity masks have shape ``(..., H, W)`` and are
-boolean (True = pixel has usable ground truth). Everything is computed in NumPy float64; torch
-tensors are accepted too (they are detached and copied to the CPU), so callers in the training
-loop need not convert.
+boolean (True = pixel has usable ground truth). :func:`flow_metrics` computes the standard
+benchmark metrics of one batch in NumPy float64 (torch tensors are accepted); :class:`FlowErrors`
+accumulates end-point errors of several flows on the same pixels over many batches, in torch.
 """
 
 from __future__ import annotations
@@ -15,24 +15,25 @@ from typing import Any
 
 import cv2
 import numpy as np
+import torch
 
 __all__ = [
     "METRIC_KEYS",
     "endpoint_error",
     "flow_metrics",
-    "FlowMetricAccumulator",
+    "FlowErrors",
+    "MOVING_THRESHOLD",
+    "describe_flow_errors",
+    "flow_summary",
     "photometric_errors",
 ]
 
-#: Keys of the dict returned by :func:`flow_metrics` and :meth:`FlowMetricAccumulator.compute`.
+#: Keys of the dict returned by :func:`flow_metrics`.
 METRIC_KEYS: tuple[str, ...] = ("epe", "px1", "px3", "px5", "outlier", "angular_error")
 
 
 def _to_numpy(array: Any) -> np.ndarray:
-    """Return ``array`` as a NumPy array; torch tensors are detached and moved to the CPU.
-
-    Duck-typed on ``.detach`` so this module does not need to import torch.
-    """
+    """Return ``array`` as a NumPy array; torch tensors are detached and moved to the CPU."""
     if hasattr(array, "detach"):
         array = array.detach().cpu().numpy()
     return np.asarray(array)
@@ -133,50 +134,82 @@ def flow_metrics(pred: Any, gt: Any, valid: Any | None = None) -> dict[str, floa
     return _finalise(_sums(pred, gt, valid))
 
 
-class FlowMetricAccumulator:
-    """Pixel-weighted flow metrics over many batches (e.g. a whole test split).
+#: A pixel "moves" when its ground-truth flow is longer than this (pixels). On a static background
+#: zero flow is exact almost everywhere, so EPE over all valid pixels hides whether a flow is flow;
+#: EPE over moving pixels does not.
+MOVING_THRESHOLD = 0.1
 
-    Sums per-pixel statistics rather than averaging per-batch means, so a batch with few valid
-    pixels weighs in proportion to its pixels, exactly as if the split were one big batch.
+
+class FlowErrors:
+    """Pixel-weighted end-point errors of several flows against ground truth, over many batches:
+    the one EPE accumulator of training, evaluation and the flow benchmarks.
+
+    Every flow added with one :meth:`add` call is scored on exactly the same pixels: all valid
+    pixels, and the moving ones (valid and ``|gt| > MOVING_THRESHOLD``). Sums of per-pixel errors
+    are kept rather than per-batch means, so a batch weighs in proportion to its pixels, exactly as
+    if the split were one big batch. :meth:`result` gives ``{"epe", "moving_epe"}`` for the flow
+    named ``learned`` and ``{name}_epe``, ``{name}_moving_epe`` for the others (e.g. ``zero``,
+    ``dis``), plus the pixel counts; with ``within=(1.0, ...)`` also ``{prefix}px1``, ...: the share
+    of valid pixels whose error is under each threshold.
     """
 
-    def __init__(self) -> None:
-        self._sums: dict[str, float] = {}
-        self.reset()
+    def __init__(self, within: tuple[float, ...] = ()) -> None:
+        self.sums: dict[str, float] = {}
+        self.within = tuple(within)
 
-    def reset(self) -> None:
-        """Forget everything seen so far."""
-        self._sums = {"count": 0.0, **{key: 0.0 for key in METRIC_KEYS}}
+    def add(self, gt: torch.Tensor, valid: torch.Tensor, flows: dict[str, torch.Tensor]) -> None:
+        """gt and each flow ``(M, 2, H, W)`` in pixels (any leading shape); valid ``(M, H, W)`` bool."""
+        mask = valid.bool()
+        moving = mask & (torch.linalg.vector_norm(gt.float(), dim=-3) > MOVING_THRESHOLD)
+        self._add("valid_pixels", float(mask.sum()))
+        self._add("moving_pixels", float(moving.sum()))
+        for name, flow in flows.items():
+            error = torch.linalg.vector_norm(flow.detach().float() - gt.float(), dim=-3)
+            prefix = "" if name == "learned" else f"{name}_"
+            self._add(f"{prefix}epe", float(error[mask].sum()))
+            self._add(f"{prefix}moving_epe", float(error[moving].sum()))
+            for threshold in self.within:
+                self._add(f"{prefix}px{threshold:g}", float((error[mask] < threshold).sum()))
 
-    @property
-    def count(self) -> int:
-        """Number of valid pixels accumulated so far."""
-        return int(self._sums["count"])
+    def _add(self, key: str, value: float) -> None:
+        self.sums[key] = self.sums.get(key, 0.0) + value
 
-    def update(self, pred: Any, gt: Any, valid: Any | None = None) -> None:
-        """Add a batch: pred, gt ``(..., 2, H, W)`` in pixels; valid ``(..., H, W)`` bool."""
-        for key, value in _sums(pred, gt, valid).items():
-            self._sums[key] += value
+    def merge(self, other: "FlowErrors") -> None:
+        """Add another accumulator's sums (another batch, worker or rank)."""
+        for key, value in other.sums.items():
+            self._add(key, value)
 
-    def merge(self, other: "FlowMetricAccumulator") -> None:
-        """Add another accumulator's sums (e.g. from another worker or data-loader shard)."""
-        for key, value in other._sums.items():
-            self._sums[key] += value
+    def result(self) -> dict[str, float | None]:
+        """Means per pixel (None where no pixel counted) and the two pixel counts."""
+        out: dict[str, float | None] = {}
+        for key, value in self.sums.items():
+            if key.endswith("_pixels"):
+                out[key] = value
+            else:
+                count = self.sums["moving_pixels" if key.endswith("moving_epe") else "valid_pixels"]  # px*: valid
+                out[key] = value / count if count else None
+        return out
 
-    def state_dict(self) -> dict[str, float]:
-        """The raw sums (plain floats), for checkpoints or all-reduce across ranks."""
-        return dict(self._sums)
 
-    def load_state_dict(self, state: dict[str, float]) -> None:
-        """Restore sums written by :meth:`state_dict`."""
-        missing = set(self._sums) - set(state)
-        if missing:
-            raise KeyError(f"accumulator state lacks keys {sorted(missing)}")
-        self._sums = {key: float(state[key]) for key in self._sums}
+def flow_summary(errors: dict) -> dict[str, float | None]:
+    """:meth:`FlowErrors.result` under report names: ``flow_epe``, ``flow_moving_epe``,
+    ``zero_flow_epe``, ``zero_flow_moving_epe``, ``dis_epe``, ``dis_moving_epe`` (None without
+    ground truth) and the pixel counts."""
+    names = {"epe": "flow_epe", "moving_epe": "flow_moving_epe", "zero_epe": "zero_flow_epe",
+             "zero_moving_epe": "zero_flow_moving_epe", "dis_epe": "dis_epe", "dis_moving_epe": "dis_moving_epe",
+             "valid_pixels": "flow_valid_pixels", "moving_pixels": "flow_moving_pixels"}
+    return {report: errors.get(key) for key, report in names.items()}
 
-    def compute(self) -> dict[str, float]:
-        """Metrics as in :func:`flow_metrics` over every pixel seen; NaN if none was valid."""
-        return _finalise(self._sums)
+
+def describe_flow_errors(errors: dict) -> str:
+    """One line: EPE over all valid and over moving pixels, learned beside zero flow and DIS."""
+
+    def px(key: str) -> str:
+        value = errors.get(key)
+        return "n/a" if value is None else f"{value:.3f}"
+
+    return (f"flow EPE all {px('epe')} (zero {px('zero_epe')}, DIS {px('dis_epe')}) | "
+            f"moving {px('moving_epe')} (zero {px('zero_moving_epe')}, DIS {px('dis_moving_epe')}) px")
 
 
 def photometric_errors(

@@ -24,8 +24,8 @@ import numpy as np
 import torch
 
 from flowaction.config import LEARNED_INPUTS, to_dict
-from flowaction.inference.model import InferenceModel, load_model
-from flowaction.models.joint import num_triplets
+from flowaction.inference.loaded import InferenceModel, load_model, onnx_runner, torch_export_runner
+from flowaction.triplets import num_triplets
 
 FORMATS = {"onnx": ".onnx", "torch-export": ".pt2"}
 TOLERANCE = 1e-4  # max abs difference on the outputs against PyTorch
@@ -159,9 +159,7 @@ def _export_torch(module: torch.nn.Module, example: dict[str, torch.Tensor], pat
 
 def _check(module: torch.nn.Module, example: dict[str, torch.Tensor], path: Path, fmt: str) -> float:
     """Max abs difference between the exported graph and ``module`` at batch 2 and batch 3."""
-    from flowaction.inference.model import _onnx_runner, _torch_export_runner
-
-    run = _onnx_runner(path) if fmt == "onnx" else _torch_export_runner(path)
+    run = onnx_runner(path) if fmt == "onnx" else torch_export_runner(path)
     worst = 0.0
     generator = torch.Generator().manual_seed(1)
     for batch in (2, 3):

@@ -13,7 +13,10 @@ from typing import Any
 import numpy as np
 
 from flowaction.data.clips import clip_starts, frame_indices
-from flowaction.inference.model import InferenceModel
+from flowaction.data.decode import decode_gray
+from flowaction.flow.viz import flow_animation, flow_panel
+from flowaction.inference.loaded import InferenceModel
+from flowaction.triplets import pair_starts
 
 BATCH = 8  # clips per forward pass
 
@@ -39,8 +42,6 @@ def clip_probabilities(model: InferenceModel, frames: np.ndarray, starts: list[i
 
 def read_video(model: InferenceModel, path: str | Path) -> tuple[np.ndarray, float]:
     """Gray frames ``(L, crop, crop)`` uint8 as the model saw them, and the video's frames/s."""
-    from flowaction.data.decode import decode_gray
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist")
@@ -105,13 +106,10 @@ def _timeline(model: InferenceModel, frames: np.ndarray, fps: float, seconds: fl
 def write_seen_flow(model: InferenceModel, frames: np.ndarray, start: int, out: Path, name: str) -> list[str]:
     """The flows the model classified for the clip at ``start``: ``NAME_flow.png`` (every stacked
     flow) and ``NAME_flow.gif``; ``[]`` for a model that sees frames only."""
-    from flowaction.flow.viz import flow_animation, flow_panel
-    from flowaction.models.joint import num_triplets
-
     if model.input == "frames":
         return []
     clip = frames[frame_indices(start, model.num_frames, model.frame_step, len(frames))]
-    pairs = [j * model.stride for j in range(num_triplets(len(clip), model.stride))]
+    pairs = [int(p) for p in pair_starts(len(clip), model.stride)]
     if model.has_flow_network:
         flows = model.triplet_flows(np.stack([clip[p : p + 3] for p in pairs]))
     else:

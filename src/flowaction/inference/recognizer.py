@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from flowaction.inference.model import InferenceModel, load_model
+from flowaction.inference.loaded import InferenceModel, load_model
 from flowaction.inference.predict import softmax, top_k
-from flowaction.models.joint import num_triplets
+from flowaction.triplets import num_triplets
 
 
 @dataclass

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+import cv2
 import numpy as np
 
 from flowaction.inference.recognizer import Prediction, Recognizer
@@ -26,8 +27,6 @@ class LatestFrameReader(threading.Thread):
     """
 
     def __init__(self, source: str, lossless: bool = False, realtime: bool = True) -> None:
-        import cv2
-
         super().__init__(daemon=True)
         self.source = source
         self.capture = cv2.VideoCapture(int(source) if source.isdigit() else source)
@@ -140,8 +139,6 @@ def run_stream(
         if handle:
             handle.close()
         if show:
-            import cv2
-
             cv2.destroyAllWindows()
     seconds = time.perf_counter() - started
     summary = {
@@ -158,8 +155,6 @@ def run_stream(
 
 def _show(frame: np.ndarray, prediction: Prediction | None, dropped: int) -> bool:
     """Draw the label over the frame in a window; False when the user pressed q or Esc."""
-    import cv2
-
     image = frame.copy()
     text = f"{prediction.label} {prediction.probability:.2f}  {prediction.latency_ms:.0f} ms  dropped {dropped}" \
         if prediction else "filling the clip..."

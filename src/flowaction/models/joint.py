@@ -7,41 +7,15 @@ Inputs of the action network, by model:
 - :class:`FrameModel`: the gray frames ``(B, 1, T, H, W)`` (a plain 3D ResNet);
 - :class:`PrecomputedFlowModel`: flows computed outside the network (OpenCV DIS / Farneback,
   stored once in the cache), stacked like the learned ones.
+
+``flowaction.models.build`` makes the one a config describes.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
 
-from flowaction.models.flownet import FlowNet
-from flowaction.models.resnet3d import resnet3d
-
-INPUTS = ("learned", "learned+frames", "frames", "dis", "farneback")
-
-
-def num_triplets(num_frames: int, stride: int) -> int:
-    """``N = (T - 3) // s + 1`` flows per clip of ``T`` frames at triplet stride ``s``."""
-    if num_frames < 3:
-        raise ValueError(f"a clip needs at least 3 frames, got {num_frames}")
-    return (num_frames - 3) // stride + 1
-
-
-def triplet_index(time: int, stride: int, device=None, reverse: bool = False) -> torch.Tensor:
-    """Frame numbers ``(N, 3)`` of the triplets of a ``time``-frame clip: row ``j`` is
-    ``(j*s, j*s+1, j*s+2)``, or ``(j*s+1, j*s, j*s-1)`` clamped at 0 with ``reverse``."""
-    count = num_triplets(time, stride)
-    index = (torch.arange(count, device=device) * stride).unsqueeze(1)
-    if reverse:  # (k, k-1, k-2): the same pair seen backwards, clamped at the clip start
-        return (index + torch.tensor([1, 0, -1], device=device)).clamp_min(0)
-    return index + torch.arange(3, device=device)
-
-
-def make_triplets(frames: torch.Tensor, stride: int, reverse: bool = False) -> torch.Tensor:
-    """Clips ``(B, C, T, H, W)`` -> triplets ``(B * N, C, 3, H, W)``, clip-major."""
-    batch, channels, time, height, width = frames.shape
-    index = triplet_index(time, stride, frames.device, reverse)
-    groups = frames[:, :, index.flatten()].view(batch, channels, index.shape[0], 3, height, width)
-    return groups.transpose(1, 2).reshape(-1, channels, 3, height, width)
+from flowaction.triplets import make_triplets, triplet_index
 
 
 class Normalise(nn.Module):
@@ -147,31 +121,3 @@ class PrecomputedFlowModel(nn.Module):
 
     def forward(self, flows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.action_net(flows), flows
-
-
-def build_joint_model(
-    num_classes: int,
-    depth: int = 18,
-    shortcut: str = "B",
-    flow_width: int = 16,
-    triplet_stride: int = 3,
-    input: str = "learned",
-    zero_flow_output: bool = True,
-    flow_refine: bool = False,
-) -> nn.Module:
-    """The model for an action-network ``input`` (see :data:`INPUTS`); "learned" is the paper's."""
-    if input not in INPUTS:
-        raise ValueError(f"unknown model input {input!r}; choose one of {INPUTS}")
-    if input == "frames":
-        return FrameModel(resnet3d(depth, in_channels=1, num_classes=num_classes, shortcut=shortcut))
-    if input in ("dis", "farneback"):
-        return PrecomputedFlowModel(
-            resnet3d(depth, in_channels=2, num_classes=num_classes, shortcut=shortcut), triplet_stride, input
-        )
-    fuse = input == "learned+frames"
-    return JointModel(
-        FlowNet(width=flow_width, zero_output=zero_flow_output, refine=flow_refine),
-        resnet3d(depth, in_channels=3 if fuse else 2, num_classes=num_classes, shortcut=shortcut),
-        triplet_stride=triplet_stride,
-        fuse_frames=fuse,
-    )

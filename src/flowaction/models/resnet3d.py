@@ -20,121 +20,24 @@ One deliberate difference: Hara's parameter-free shortcut "A" concatenates
 ``out.data`` (i.e. it cuts the gradient through the identity path of the
 down-sampling blocks). Here the shortcut is differentiable; forward values are
 identical.
+
+The network is plain PyTorch; the CPU speed-ups that give the same outputs faster
+(``flowaction.speedups``) are applied to a built model from outside.
 """
 
 from __future__ import annotations
 
-import functools
 from typing import Sequence, Type, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["BasicBlock", "Bottleneck", "ResNet3d", "TrimmedConv3d", "resnet3d", "DEPTH_CONFIGS"]
-
-
-@functools.lru_cache(maxsize=None)
-def _used_taps(size: int, kernel: int, stride: int, padding: int) -> tuple[int, int, int, int] | None:
-    """Along one dimension of a convolution: the taps that ever touch the input (not only the
-    zero padding), ``(first, last + 1)``, and the padding before and after the input that the
-    cropped kernel needs to give the same outputs; None when there is no output position."""
-    outputs = (size + 2 * padding - kernel) // stride + 1
-    used = [tap for tap in range(kernel) if any(0 <= o * stride - padding + tap < size for o in range(outputs))]
-    if not used:
-        return None
-    first, stop = used[0], used[-1] + 1
-    before = padding - first
-    # the cropped kernel spans (outputs - 1) * stride + (stop - first) positions from -before
-    after = (outputs - 1) * stride + (stop - first) - before - size
-    return first, stop, before, after
-
-
-class _GemmInputGradConv3d(torch.autograd.Function):
-    """``F.conv3d(x, weight)`` (no bias, no groups, no dilation) whose input gradient is PyTorch's
-    own transposed convolution (vol2col + GEMM) instead of oneDNN's.
-
-    oneDNN's backward-data pass is slow when the convolution has few input channels: for the
-    action network's stem (2 flow channels, 64 x 7 x 7 x 7 kernels) it takes 2.4x as long in
-    float32 on a CPU as the GEMM route (58 vs 24 ms at batch 8, 5 x 56 x 56), and that gradient is
-    exactly what the joint model adds to a ResNet on precomputed flows (the gradient that trains
-    the flow network from the classifier). The weight gradient stays with oneDNN, which is fast.
-    """
-
-    @staticmethod
-    def forward(ctx, x, weight, stride, padding):  # noqa: D102 (autograd.Function protocol)
-        ctx.save_for_backward(x, weight)
-        ctx.stride, ctx.padding = stride, padding
-        return F.conv3d(x, weight, None, stride, padding)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad):  # noqa: D102
-        x, weight = ctx.saved_tensors
-        grad_x = grad_weight = None
-        if ctx.needs_input_grad[1]:
-            grad_weight = torch.ops.aten.convolution_backward(
-                grad, x, weight, None, ctx.stride, ctx.padding, (1, 1, 1), False, (0, 0, 0), 1, (False, True, False)
-            )[1]
-        if ctx.needs_input_grad[0]:
-            kernel = weight.shape[2:]
-            # the transposed convolution's output is one size of several; pick the input's
-            extra = tuple(n - ((o - 1) * s - 2 * p + k) for n, o, s, p, k in
-                          zip(x.shape[2:], grad.shape[2:], ctx.stride, ctx.padding, kernel))
-            grad_x = torch.ops.aten.slow_conv_transpose3d(
-                grad.contiguous(), weight.contiguous(), kernel, None, ctx.stride, ctx.padding, extra, (1, 1, 1)
-            )
-        return grad_x, grad_weight, None, None
-
-
-#: convolutions with at most this many input channels take :class:`_GemmInputGradConv3d`'s input gradient
-GEMM_INPUT_GRAD_MAX_CHANNELS = 4
-
-
-def _gemm_input_grad(x: torch.Tensor, weight: torch.Tensor, conv: nn.Conv3d) -> bool:
-    """Whether ``conv`` on ``x`` should compute its input gradient by GEMM: training on the CPU in
-    float32 (oneDNN's bf16 path is fast, and GPUs have cuDNN), a few input channels, no bias."""
-    return (
-        x.requires_grad and torch.is_grad_enabled() and x.device.type == "cpu"
-        and x.dtype == torch.float32 and weight.dtype == torch.float32
-        and not torch.is_autocast_enabled("cpu") and conv.bias is None and conv.groups == 1
-        and conv.in_channels <= GEMM_INPUT_GRAD_MAX_CHANNELS
-    )
-
-
-class TrimmedConv3d(nn.Conv3d):
-    """``nn.Conv3d`` that skips the kernel taps which only ever multiply zero padding.
-
-    The deep stages of a 3D ResNet see clips only a few steps long and a few pixels wide (16
-    frames -> 5 flows -> T = 1 from ``layer3`` on; 32 x 32 crops -> 1 x 1 in ``layer4``): there
-    a 3 x 3 x 3 kernel with padding 1 touches the input with its centre alone, and the CPU
-    convolution still pays for all 27 taps, in the forward and, worse, the backward pass.
-    Cropping the kernel to the taps that reach the input gives the same outputs and the same
-    gradients (zero for the taps it drops, as before), with the same parameters and names.
-    """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.padding_mode != "zeros" or any(d != 1 for d in self.dilation) or isinstance(self.padding, str):
-            return super().forward(x)
-        plans = [_used_taps(n, k, s, p) for n, k, s, p in zip(x.shape[2:], self.kernel_size, self.stride, self.padding)]
-        if None in plans:
-            return super().forward(x)  # too small an input: PyTorch's own error
-        if all(stop - first == k for (first, stop, _, _), k in zip(plans, self.kernel_size)):
-            weight, padding = self.weight, tuple(self.padding)  # every tap reaches the input
-        else:
-            weight = self.weight[:, :, plans[0][0]:plans[0][1], plans[1][0]:plans[1][1], plans[2][0]:plans[2][1]]
-            if all(before == after for _, _, before, after in plans):
-                padding = tuple(before for _, _, before, _ in plans)
-            else:  # F.pad takes the last dimension first; a negative amount crops input nobody reads
-                x = F.pad(x, [amount for _, _, before, after in reversed(plans) for amount in (before, after)])
-                padding = (0, 0, 0)
-        if _gemm_input_grad(x, weight, self):
-            return _GemmInputGradConv3d.apply(x, weight, tuple(self.stride), padding)
-        return F.conv3d(x, weight, self.bias, self.stride, padding, 1, self.groups)
+__all__ = ["BasicBlock", "Bottleneck", "ResNet3d", "resnet3d", "DEPTH_CONFIGS"]
 
 
 def _conv3x3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv3d:
-    return TrimmedConv3d(in_planes, out_planes, kernel_size=3, stride=stride, padding=1, bias=False)
+    return nn.Conv3d(in_planes, out_planes, kernel_size=3, stride=stride, padding=1, bias=False)
 
 
 def _conv1x1x1(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv3d:
@@ -252,7 +155,7 @@ class ResNet3d(nn.Module):
         self.no_max_pool = no_max_pool
         self.in_planes = widths[0]
 
-        self.conv1 = TrimmedConv3d(in_channels, self.in_planes,
+        self.conv1 = nn.Conv3d(in_channels, self.in_planes,
                                kernel_size=(conv1_t_size, 7, 7),
                                stride=(conv1_t_stride, 2, 2),
                                padding=(conv1_t_size // 2, 3, 3), bias=False)

@@ -1,17 +1,27 @@
 """Evaluation: losses, clip and video accuracy, top-5, per-class accuracy, flow error.
 
-Plain functions over a model and a loader; the ``eval`` command and the trainer share them.
+Plain functions over a model and a loader; the trainer validates with them and the ``eval``
+command scores a checkpoint with :func:`evaluate_checkpoint`.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from flowaction.forward import classical_stack, forward_batch, select_pairs
-from flowaction.losses import LossWeights, clip_triplet_pairs
+from flowaction.config import LossWeights
+from flowaction.data.cache import ClipCache
+from flowaction.engine.device import resolve_device
+from flowaction.engine.loaders import make_loader
+from flowaction.engine.step import forward_batch
+from flowaction.flow.classical import stacked_classical_flow
+from flowaction.flow.metrics import FlowErrors, flow_summary
+from flowaction.models.build import load_model_checkpoint
+from flowaction.speedups import apply_cpu_speedups
+from flowaction.triplets import flow_pair_frames, select_pairs
 from flowaction.warp import backward_warp, in_frame_mask
 
 
@@ -48,78 +58,7 @@ def gt_flow_for_model(flow: torch.Tensor, valid: torch.Tensor, num_flows: int, s
     Returns:
         ``(B, 2, N, H, W)`` flow and ``(B, N, H, W)`` mask.
     """
-    index = torch.arange(num_flows, device=flow.device) * stride
-    return select_pairs(flow, num_flows, stride), valid[:, index]
-
-
-#: A pixel "moves" when its ground-truth flow is longer than this (pixels). On a static background
-#: zero flow is exact almost everywhere, so EPE over all valid pixels hides whether a flow is flow;
-#: EPE over moving pixels does not.
-MOVING_THRESHOLD = 0.1
-
-
-class FlowErrors:
-    """Pixel-weighted end-point errors of several flows against ground truth, over many batches.
-
-    Every flow added with one :meth:`add` call is scored on exactly the same pixels: all valid
-    pixels, and the moving ones (valid and ``|gt| > MOVING_THRESHOLD``). :meth:`result` gives
-    ``{"epe", "moving_epe"}`` for the flow named ``learned`` and ``{name}_epe``,
-    ``{name}_moving_epe`` for the others (e.g. ``zero``, ``dis``), plus the pixel counts.
-    """
-
-    def __init__(self) -> None:
-        self.sums: dict[str, float] = {}
-
-    def add(self, gt: torch.Tensor, valid: torch.Tensor, flows: dict[str, torch.Tensor]) -> None:
-        """gt and each flow ``(M, 2, H, W)`` in pixels (any leading shape); valid ``(M, H, W)`` bool."""
-        mask = valid.bool()
-        moving = mask & (torch.linalg.vector_norm(gt.float(), dim=-3) > MOVING_THRESHOLD)
-        self._add("valid_pixels", float(mask.sum()))
-        self._add("moving_pixels", float(moving.sum()))
-        for name, flow in flows.items():
-            error = torch.linalg.vector_norm(flow.detach().float() - gt.float(), dim=-3)
-            prefix = "" if name == "learned" else f"{name}_"
-            self._add(f"{prefix}epe", float(error[mask].sum()))
-            self._add(f"{prefix}moving_epe", float(error[moving].sum()))
-
-    def _add(self, key: str, value: float) -> None:
-        self.sums[key] = self.sums.get(key, 0.0) + value
-
-    def merge(self, other: "FlowErrors") -> None:
-        for key, value in other.sums.items():
-            self._add(key, value)
-
-    def result(self) -> dict[str, float | None]:
-        """Means per pixel (None where no pixel counted) and the two pixel counts."""
-        out: dict[str, float | None] = {}
-        for key, value in self.sums.items():
-            if key.endswith("_pixels"):
-                out[key] = value
-            else:
-                count = self.sums["moving_pixels" if key.endswith("moving_epe") else "valid_pixels"]
-                out[key] = value / count if count else None
-        return out
-
-
-def flow_summary(errors: dict) -> dict[str, float | None]:
-    """:meth:`FlowErrors.result` under report names: ``flow_epe``, ``flow_moving_epe``,
-    ``zero_flow_epe``, ``zero_flow_moving_epe``, ``dis_epe``, ``dis_moving_epe`` (None without
-    ground truth) and the pixel counts."""
-    names = {"epe": "flow_epe", "moving_epe": "flow_moving_epe", "zero_epe": "zero_flow_epe",
-             "zero_moving_epe": "zero_flow_moving_epe", "dis_epe": "dis_epe", "dis_moving_epe": "dis_moving_epe",
-             "valid_pixels": "flow_valid_pixels", "moving_pixels": "flow_moving_pixels"}
-    return {report: errors.get(key) for key, report in names.items()}
-
-
-def describe_flow_errors(errors: dict) -> str:
-    """One line: EPE over all valid and over moving pixels, learned beside zero flow and DIS."""
-
-    def px(key: str) -> str:
-        value = errors.get(key)
-        return "n/a" if value is None else f"{value:.3f}"
-
-    return (f"flow EPE all {px('epe')} (zero {px('zero_epe')}, DIS {px('dis_epe')}) | "
-            f"moving {px('moving_epe')} (zero {px('zero_moving_epe')}, DIS {px('dis_moving_epe')}) px")
+    return select_pairs(flow, num_flows, stride).transpose(1, 2), select_pairs(valid, num_flows, stride)
 
 
 @torch.no_grad()
@@ -129,7 +68,7 @@ def score_flows(flows: torch.Tensor, batch: dict, stride: int, classical: tuple[
     gt, valid = gt_flow_for_model(batch["flow"].to(flows.device), batch["valid"].to(flows.device), flows.shape[2], stride)
     candidates = {"learned": flows, "zero": torch.zeros_like(gt)}
     for method in classical:
-        candidates[method] = classical_stack(batch["frames"], flows.shape[2], stride, method).to(flows.device)
+        candidates[method] = stacked_classical_flow(batch["frames"], stride, method).to(flows.device)
     errors = FlowErrors()
     # (B, 2, N, H, W) -> (B, N, 2, H, W) so that the vector dimension is -3 like the mask's layout
     errors.add(gt.transpose(1, 2), valid, {name: flow.transpose(1, 2) for name, flow in candidates.items()})
@@ -167,7 +106,7 @@ def run_evaluation(
         if flows is not None:
             # photometric error of the flow the classifier used: needs no ground truth
             frames = batch["frames"].to(device)
-            prev, cur = clip_triplet_pairs(frames, flows.shape[2], stride)
+            prev, cur = flow_pair_frames(frames, flows.shape[2], stride)
             flat = flows.transpose(1, 2).flatten(0, 1).float()
             mask = in_frame_mask(flat)
             l1_sum += float(((backward_warp(cur, flat) - prev).abs() * mask).sum())
@@ -215,3 +154,34 @@ def video_scores(result: EvalResult, num_classes: int) -> dict:
         "per_class": per_class,
         "confusion": confusion.tolist(),
     }
+
+
+def evaluate_checkpoint(
+    checkpoint: str | Path, cache: ClipCache, split: str, mode: str = "test", device: str = "auto", progress: bool = True
+) -> dict:
+    """Load a checkpoint (model built from the file alone) and score one split of a cache.
+
+    Returns the report ``eval.json`` holds: clip and video accuracy, top-5, per class, confusion,
+    losses and (with ground truth) flow errors beside zero flow and DIS."""
+    loaded = load_model_checkpoint(checkpoint)
+    cfg = loaded.cfg
+    dev = resolve_device(device)
+    model = apply_cpu_speedups(loaded.model, cfg).to(dev)
+    if loaded.classes != list(cache.classes):
+        raise ValueError(f"the checkpoint's classes differ from the cache's ({checkpoint} vs {cache.root})")
+    loader = make_loader(cfg, cache, split, mode)
+    result = run_evaluation(model, loader, dev, cfg.loss, progress, desc=split)
+    report = {
+        "split": split,
+        "clip_accuracy": result.clip_accuracy,
+        "num_clips": int(len(result.labels)),
+        "losses": result.losses,
+        **flow_summary(result.flow),
+        "flow": result.flow,
+        "photometric_l1": result.photometric_l1,
+        **video_scores(result, len(cache.classes)),
+    }
+    report["classes"] = list(cache.classes)
+    # best.pt was chosen on the validation split: scored on that same split, the figure is optimistic
+    report["selected_on_this_split"] = split == cfg.data.val_split
+    return report

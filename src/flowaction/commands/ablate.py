@@ -9,10 +9,16 @@ import json
 import math
 from pathlib import Path
 
+import matplotlib
 import numpy as np
 
-from flowaction.config import Config, from_dict, load_config, to_dict
+from flowaction.config import Config, from_dict, load_config, nearest, to_dict
 from flowaction.data.cache import atomic_write_json
+from flowaction.data.source import open_data
+from flowaction.engine.evaluate import evaluate_checkpoint
+from flowaction.engine.fit import fit
+from flowaction.models.build import build_model, count_parameters
+from flowaction.plots import save_figure
 
 # variant name -> config overrides (the two-stage split is filled in from the epoch count)
 VARIANTS: dict[str, list[str]] = {
@@ -58,8 +64,6 @@ SWEEP_RUNS = ("learned", "frames", "dis")
 def variant_config(base: Config, variant: str, seed: int, extra: list[str] | None = None) -> Config:
     """``base`` with a variant's overrides, a seed and any ``extra`` overrides."""
     if variant not in VARIANTS:
-        from flowaction.config import nearest
-
         near = nearest(variant, list(VARIANTS))
         hint = f"did you mean {' or '.join(near)}? " if near else ""
         raise ValueError(f"unknown variant {variant!r}; {hint}(variants: {', '.join(VARIANTS)})")
@@ -70,14 +74,11 @@ def variant_config(base: Config, variant: str, seed: int, extra: list[str] | Non
 
 def run_one(cfg: Config, cache, run_dir: Path, keep_checkpoints: bool = False, progress: bool = False) -> dict:
     """Train and test one configuration unless ``run_dir/result.json`` exists; return the result."""
-    from flowaction.train import build_model, evaluate_checkpoint, fit
-
     result_path = run_dir / "result.json"
     if result_path.is_file():
         return json.loads(result_path.read_text())
     summary = fit(cfg, cache, run_dir, resume=True, progress=progress, log=lambda *_: None)
     report = evaluate_checkpoint(run_dir / "best.pt", cache, cfg.data.test_split, progress=progress)
-    model = build_model(cfg, len(cache.classes))
     result = {
         "clip_accuracy": report["clip_accuracy"],
         "video_accuracy": report["video_accuracy"],
@@ -85,7 +86,7 @@ def run_one(cfg: Config, cache, run_dir: Path, keep_checkpoints: bool = False, p
         "photometric_l1": report.get("photometric_l1"),
         "train_seconds": summary["wall_seconds"],
         "steps": summary["steps"],
-        "parameters": sum(p.numel() for p in model.parameters()),
+        "parameters": count_parameters(build_model(cfg, len(cache.classes))),
         "train_clips": report.get("train_clips"),
         "config": to_dict(cfg),
     }
@@ -153,10 +154,6 @@ def summarise(results: dict[str, list[dict]], sweep: dict[str, dict[int, list[di
 
 
 def _plot(results, sweep, out: Path) -> None:
-    import matplotlib
-
-    from flowaction.plots import save_figure
-
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -221,8 +218,6 @@ def run_ablation(
 
     With ``summary_only`` nothing is trained: the summary covers the runs already finished.
     """
-    from flowaction.run import open_data
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     base = load_config(config, list(overrides or []) + [f"data.synthetic_dir={out / 'data'}"])

@@ -12,13 +12,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import cv2
 import numpy as np
 import torch
 
 from flowaction.config import LEARNED_INPUTS, Config, from_dict
 from flowaction.data.decode import centre_crop, cover_size
-from flowaction.forward import classical_stack
-from flowaction.models.joint import num_triplets
+from flowaction.engine.device import resolve_device
+from flowaction.flow.classical import classical_flow, stacked_classical_flow
+from flowaction.models.build import load_model_checkpoint
+from flowaction.speedups import apply_cpu_speedups
 
 ONNX_SUFFIXES = (".onnx",)
 TORCH_EXPORT_SUFFIXES = (".pt2",)
@@ -78,8 +81,6 @@ class InferenceModel:
     def prepare_frame(self, frame: np.ndarray) -> np.ndarray:
         """One raw frame (``H x W`` gray or ``H x W x 3`` BGR uint8, any size) -> ``crop x crop``
         uint8 gray, as training saw it."""
-        import cv2
-
         frame = np.asarray(frame)
         if frame.ndim == 3 and frame.shape[2] == 3:
             frame = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
@@ -117,8 +118,6 @@ class InferenceModel:
 
     def pair_flows(self, first: np.ndarray, second: np.ndarray) -> np.ndarray:
         """OpenCV flow ``(2, H, W)`` of the model's method (dis / farneback inputs)."""
-        from flowaction.flow.classical import classical_flow
-
         return classical_flow(first, second, self.input)
 
     def logits_from_flows(self, flows: np.ndarray, clips: np.ndarray | None) -> np.ndarray:
@@ -143,15 +142,13 @@ class InferenceModel:
         frames = _clip_tensor(clips)
         if self.graphs:
             if self.input in ("dis", "farneback"):
-                count = num_triplets(frames.shape[2], self.stride)
-                flows = classical_stack(frames, count, self.stride, self.input).numpy()
+                flows = stacked_classical_flow(frames, self.stride, self.input).numpy()
                 return self.graphs["main"](flows=flows.astype(np.float32))
             return self.graphs["main"](frames=frames.numpy())
         with torch.inference_mode():
             frames = frames.to(self.device)
             if self.input in ("dis", "farneback"):
-                count = num_triplets(frames.shape[2], self.stride)
-                flows = classical_stack(frames, count, self.stride, self.input)
+                flows = stacked_classical_flow(frames, self.stride, self.input)
                 return self.model(flows)[0].float().cpu().numpy()
             return self.model(frames)[0].float().cpu().numpy()
 
@@ -182,18 +179,10 @@ def load_model(path: str | Path, device: str = "cpu") -> InferenceModel:
         raise FileNotFoundError(f"{path} does not exist")
     if path.suffix.lower() in ONNX_SUFFIXES + TORCH_EXPORT_SUFFIXES:
         return _load_exported(path)
-    from flowaction.checkpoint import load_checkpoint, load_weights
-    from flowaction.train import build_model, resolve_device
-
-    state = load_checkpoint(path)
-    if "model" not in state or "config" not in state:
-        raise ValueError(f"{path} is not a model checkpoint (a flow-network file? use it as model.flow_init)")
-    cfg = from_dict(state["config"])
+    loaded = load_model_checkpoint(path)
     dev = resolve_device(device)
-    model = build_model(cfg, len(state["classes"]))
-    load_weights(model, state["model"], path)
-    model.to(dev).eval()
-    return InferenceModel(cfg, list(state["classes"]), stored_frame_size(state, cfg), "torch", model, dev)
+    model = apply_cpu_speedups(loaded.model, loaded.cfg).to(dev).eval()
+    return InferenceModel(loaded.cfg, loaded.classes, stored_frame_size(loaded.state, loaded.cfg), "torch", model, dev)
 
 
 def _load_exported(path: Path) -> InferenceModel:
@@ -205,7 +194,7 @@ def _load_exported(path: Path) -> InferenceModel:
         graph_path = path.with_name(name)
         if not graph_path.is_file():
             raise FileNotFoundError(f"{graph_path} (exported beside {path.name}) does not exist")
-        graphs[role] = _onnx_runner(graph_path) if onnx else _torch_export_runner(graph_path)
+        graphs[role] = onnx_runner(graph_path) if onnx else torch_export_runner(graph_path)
     cfg = from_dict(info["config"])
     return InferenceModel(cfg, list(info["classes"]), tuple(info["frame_size"]), "onnx" if onnx else "torch-export",
                           graphs=graphs)
@@ -222,8 +211,6 @@ def read_export_metadata(path: Path) -> dict:
         meta = {item.key: item.value for item in proto.metadata_props}
         text = meta.get("flowaction")
     else:
-        import torch
-
         extra = {"flowaction.json": ""}
         torch.export.load(str(path), extra_files=extra)
         text = extra["flowaction.json"] or None
@@ -232,7 +219,7 @@ def read_export_metadata(path: Path) -> dict:
     return json.loads(text)
 
 
-def _onnx_runner(path: Path) -> Callable[..., np.ndarray]:
+def onnx_runner(path: Path) -> Callable[..., np.ndarray]:
     try:
         import onnxruntime as ort
     except ImportError as error:
@@ -241,7 +228,7 @@ def _onnx_runner(path: Path) -> Callable[..., np.ndarray]:
     return lambda **feed: session.run(None, feed)[0]
 
 
-def _torch_export_runner(path: Path) -> Callable[..., np.ndarray]:
+def torch_export_runner(path: Path) -> Callable[..., np.ndarray]:
     program = torch.export.load(str(path)).module()
 
     def run(**feed: np.ndarray) -> np.ndarray:

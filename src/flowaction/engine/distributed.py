@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from flowaction.engine.device import resolve_device
+
 
 @dataclass(frozen=True)
 class Context:
@@ -36,8 +38,6 @@ class Context:
 
 def setup(device_name: str) -> tuple[Context, torch.device]:
     """Join the process group torchrun describes (if any) and pick this process's device."""
-    from flowaction.train import resolve_device
-
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return Context(), resolve_device(device_name)

@@ -2,28 +2,24 @@
 from __future__ import annotations
 
 import time
-from importlib import resources
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from flowaction.checkpoint import load_checkpoint, load_weights
-from flowaction.config import LEARNED_INPUTS, Config, from_dict, load_config
+from flowaction.commands.evaluate import write_eval_report
+from flowaction.commands.rundir import claim_run_dir, run_lock
+from flowaction.config import LEARNED_INPUTS, Config, load_config, preset_path
 from flowaction.data.cache import ClipCache, atomic_write_json
-from flowaction.evaluate import describe_flow_errors
-from flowaction.run import claim_run_dir, open_data, run_lock, write_eval_report
-from flowaction.train import build_model, evaluate_checkpoint, fit, make_loader
-
-PRESETS = ("demo", "tiny", "pretrain")
-
-
-def preset_path(name: str):
-    """The packaged YAML of a demo preset."""
-    if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; choose one of {PRESETS}")
-    return resources.files("flowaction") / "configs" / f"{name}.yaml"
-
+from flowaction.data.source import open_data
+from flowaction.engine.evaluate import evaluate_checkpoint
+from flowaction.engine.fit import fit
+from flowaction.engine.loaders import make_loader
+from flowaction.engine.step import model_flows
+from flowaction.flow.classical import classical_flow
+from flowaction.flow.metrics import describe_flow_errors
+from flowaction.flow.viz import flow_panel
+from flowaction.models.build import load_model_checkpoint
+from flowaction.warp import backward_warp
 
 FLOW_NAMES = {"learned": "learned flow", "dis": "DIS (model input)", "farneback": "Farneback (model input)"}
 
@@ -34,16 +30,8 @@ def write_flow_pictures(checkpoint: Path, cache: ClipCache, split: str, out_dir:
     the first ``count`` classes (all eight of the demo: the slow rotations and expansions too); the
     model's flow is the learned one, or the OpenCV flow a ``dis`` / ``farneback``
     model classifies. A model that sees frames only has no flow to draw: returns ``[]``."""
-    from flowaction.flow.classical import classical_flow
-    from flowaction.flow.viz import flow_panel
-    from flowaction.forward import model_flows
-    from flowaction.warp import backward_warp
-
-    state = load_checkpoint(checkpoint)
-    cfg = from_dict(state["config"])
-    model = build_model(cfg, len(state["classes"]))
-    load_weights(model, state["model"], checkpoint)
-    model.eval()
+    loaded = load_model_checkpoint(checkpoint)
+    model, cfg = loaded.model, loaded.cfg
     dataset = make_loader(cfg, cache, split, "val").dataset
     chosen, seen = [], set()
     for item in range(len(dataset)):
@@ -91,7 +79,7 @@ def run_demo(
     """Generate -> train -> test -> ``OUT/metrics.json`` and pictures. Returns the metrics.
 
     An ``out`` that holds a run is continued with ``resume``, started again with ``overwrite``
-    (see :func:`flowaction.run.claim_run_dir`) and refused otherwise."""
+    (see :func:`flowaction.commands.rundir.claim_run_dir`) and refused otherwise."""
     started = time.time()
     out = Path(out)
     overrides = list(overrides or [])

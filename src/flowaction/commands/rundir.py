@@ -1,46 +1,16 @@
-"""Glue shared by the commands: choosing the data of a run and writing reports."""
+"""The run-folder rules every command that writes a run follows: never silently replace an
+earlier run, resume only a run that exists, and one process per folder at a time."""
 from __future__ import annotations
 
 import contextlib
-import json
+import fcntl
+import os
+import shutil
+import time
 from pathlib import Path
 from typing import Iterator
 
-from flowaction.config import Config
-from flowaction.data.cache import ClipCache
-
-
-def synthetic_spec(cfg: Config):
-    """The generated benchmark's settings (``SyntheticSpec``) a config names."""
-    from flowaction.data.synthetic import SyntheticSpec
-
-    s = cfg.data.synthetic
-    return SyntheticSpec(size=s.size, num_frames=s.num_frames, num_classes=s.num_classes)
-
-
-def open_data(cfg: Config, out: str | Path, progress: bool = True) -> ClipCache:
-    """The cache a config names, or the generated benchmark (made once, then reused)."""
-    if cfg.data.cache:
-        return ClipCache.open(cfg.data.cache)
-    from flowaction.data.generate import synthetic_cache
-
-    s = cfg.data.synthetic
-    spec = synthetic_spec(cfg)
-    target = Path(cfg.data.synthetic_dir) if cfg.data.synthetic_dir else Path(out) / "data"
-    counts = {"train": s.train_per_class, "val": s.val_per_class, "test": s.test_per_class}
-    return synthetic_cache(target, spec, counts, s.seed, progress=progress)
-
-
-def write_eval_report(report: dict, out: str | Path) -> None:
-    """``OUT/eval.json`` and ``OUT/confusion.png``."""
-    from flowaction.data.cache import atomic_write_json
-    from flowaction.plots import plot_confusion
-
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "eval.json", report)
-    title = f"{report['split']}: video accuracy {report['video_accuracy']:.3f}"
-    plot_confusion(report["confusion"], report["classes"], out / "confusion.png", title)
+from flowaction.config import Config, flatten, load_config, to_dict
 
 
 LOCK_NAME = ".flowaction.lock"
@@ -59,9 +29,6 @@ def claim_run_dir(out: str | Path, resume: bool, overwrite: bool = False, delete
       unless ``overwrite``: then the old run's files are moved to ``out/replaced-<time>/`` (or
       deleted with ``delete_old``); nothing else in the folder is touched.
     """
-    import shutil
-    import time
-
     out = Path(out)
     if resume:
         if overwrite:
@@ -105,8 +72,6 @@ def _run_files(out: Path) -> list[str]:
 def resume_config(out: str | Path, overrides: list[str], log=print) -> Config:
     """The config of the run in ``out`` (its ``config.yaml``) with ``overrides`` applied; every
     override that changes a value is reported."""
-    from flowaction.config import flatten, load_config, to_dict
-
     path = Path(out) / "config.yaml"
     if not path.is_file():
         raise FileNotFoundError(f"--resume: {path} does not exist, so the run's settings are unknown")
@@ -124,9 +89,6 @@ def run_lock(out: str | Path) -> Iterator[None]:
     """Hold ``out/.flowaction.lock`` for the duration: a second process writing into the same
     folder is refused instead of interleaving with the first. The operating system releases the
     lock when the holder exits, even when it is killed, so a stale lock never blocks a rerun."""
-    import fcntl
-    import os
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     handle = open(out / LOCK_NAME, "a+")

@@ -1,6 +1,9 @@
-"""``model.init=PATH``: start training from other weights, and say what was taken.
+"""Weights from files, read without executing pickled code.
 
-Two sources are read (never executing pickled code):
+**The flow network's own file** (``flownet.pt``, written by ``pretrain-flow``; the network shipped
+in the package is one): the flow network's tensors and its width, what ``model.flow_init`` reads.
+
+**``model.init=PATH``**: start training from other weights, and say what was taken. Two sources:
 
 * a flowaction checkpoint (``best.pt`` / ``last.pt``): every tensor whose name and shape fit the
   new model is taken (e.g. all but the classifier when the number of classes differs);
@@ -16,11 +19,62 @@ Anything that does not fit is left as initialised, and the report lists it.
 """
 from __future__ import annotations
 
+import os
+from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from flowaction.checkpoint import read_torch_file
+from flowaction.checkpoint import load_checkpoint, load_weights, read_torch_file, save_checkpoint
+from flowaction.models.flownet import FlowNet
+
+
+FLOW_WEIGHTS = "flownet.pt"
+FLOW_KIND = "flownet"
+
+
+def default_flow_weights() -> Path:
+    """The flow network shipped with the package (docs/flow.md gives the command, data and figures)."""
+    return Path(str(resources.files("flowaction") / "weights" / "flownet-default.pt"))
+
+
+def save_flow_weights(path: str | os.PathLike, flow_net: FlowNet, meta: dict[str, Any]) -> None:
+    """Write a flow network as plain tensors plus its width (atomic)."""
+    state = {"kind": FLOW_KIND, "flow_width": flow_net.width, "flow_refine": flow_net.refine,
+             "model": flow_net.state_dict(), "meta": meta}
+    save_checkpoint(path, {**state, "config": {}, "classes": []})
+
+
+def load_flow_weights(flow_net: FlowNet, source: str | os.PathLike) -> dict:
+    """Load ``source`` (``default``, a ``flownet.pt`` or a joint-model checkpoint) into
+    ``flow_net`` strictly. Raises ValueError naming the mismatch (e.g. another width)."""
+    path = default_flow_weights() if str(source) == "default" else Path(source)
+    state = load_checkpoint(path)
+    if state.get("kind") == FLOW_KIND:
+        weights, width = state["model"], state["flow_width"]
+        refine = state.get("flow_refine", False)
+    else:  # a whole flowaction run checkpoint: take its flow network
+        weights = {k[len("flow_net."):]: v for k, v in state["model"].items() if k.startswith("flow_net.")}
+        if not weights:
+            raise ValueError(f"{path} holds no flow network (model.input "
+                             f"{state.get('config', {}).get('model', {}).get('input')!r})")
+        width = state.get("config", {}).get("model", {}).get("flow_width")
+        refine = state.get("config", {}).get("model", {}).get("flow_refine", False)
+    if width != flow_net.width:
+        raise ValueError(f"{path} holds a flow network of width {width}; this model has model.flow_width="
+                         f"{flow_net.width}: set model.flow_width={width} or pre-train one of that width")
+    if flow_net.refine and not refine:
+        # a network without the full-resolution level starts one with it: the new level's output
+        # layer starts at zero, so the flow equals the loaded network's until training moves it
+        fresh = {k: torch.zeros_like(v) if k.startswith("predict0.") else v
+                 for k, v in flow_net.state_dict().items() if k.startswith(("dec0.", "predict0."))}
+        weights = {**weights, **fresh}
+    elif refine and not flow_net.refine:
+        raise ValueError(f"{path} holds a flow network with the full-resolution level; this model has "
+                         f"model.flow_refine=false: set model.flow_refine=true or pre-train one without it")
+    load_weights(flow_net, weights, path)
+    return state.get("meta", {})
 
 
 def _strip(state: dict) -> dict:

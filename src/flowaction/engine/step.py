@@ -1,26 +1,21 @@
-"""One batch through any model of ``flowaction.models.joint``: logits, flows and the loss terms.
+"""The training step: one batch through any model of ``flowaction.models.joint``, giving logits,
+flows and the terms of the joint loss.
 
-Shared by training and evaluation so both see the same inputs for every model kind.
+Training, evaluation and the benchmarks all run batches through :func:`forward_batch`, so they see
+the same inputs for every model kind; :class:`TrainStep` wraps it as a module for
+``DistributedDataParallel`` and ``torch.compile``.
 """
 from __future__ import annotations
 
-import contextlib
-
-import numpy as np
 import torch
 
+from flowaction.config import LossWeights
 from flowaction.data.clips import add_input_noise
-from flowaction.losses import LossWeights, joint_loss
-from flowaction.models.joint import FrameModel, JointModel, PrecomputedFlowModel, num_triplets
-
-
-def select_pairs(pair_flows: torch.Tensor, num_flows: int, stride: int) -> torch.Tensor:
-    """Per-pair flows ``(B, T-1, C, H, W)`` -> those of the triplets' pairs ``(B, C, N, H, W)``.
-
-    Pair ``j*s -> j*s+1`` belongs to triplet ``j``.
-    """
-    index = torch.arange(num_flows, device=pair_flows.device) * stride
-    return pair_flows[:, index].transpose(1, 2)
+from flowaction.engine.device import autocast
+from flowaction.flow.classical import stacked_classical_flow
+from flowaction.losses import joint_loss
+from flowaction.models.joint import FrameModel, JointModel, PrecomputedFlowModel
+from flowaction.triplets import num_triplets, select_pairs
 
 
 class _ScaleGradient(torch.autograd.Function):
@@ -46,19 +41,6 @@ def scale_gradient(tensor: torch.Tensor, scale: float) -> torch.Tensor:
     return _ScaleGradient.apply(tensor, scale)
 
 
-def classical_stack(frames: torch.Tensor, num_flows: int, stride: int, method: str = "dis") -> torch.Tensor:
-    """OpenCV flow on the pairs the model's flows relate: frames ``(B, 1, T, H, W)`` in [0, 1]
-    -> ``(B, 2, N, H, W)`` pixels (pair ``j*s -> j*s+1``)."""
-    from flowaction.flow.classical import classical_flow
-
-    images = (frames[:, 0].detach().cpu().numpy() * 255.0).round().astype(np.uint8)  # (B, T, H, W)
-    out = np.stack([
-        np.stack([classical_flow(clip[j * stride], clip[j * stride + 1], method) for j in range(num_flows)], axis=1)
-        for clip in images
-    ])
-    return torch.from_numpy(out).to(frames.device)
-
-
 @torch.no_grad()
 def model_flows(model: torch.nn.Module, frames: torch.Tensor) -> tuple[str, torch.Tensor] | None:
     """The flows a model classifies from, for clean frames ``(B, 1, T, H, W)`` in [0, 1].
@@ -70,8 +52,7 @@ def model_flows(model: torch.nn.Module, frames: torch.Tensor) -> tuple[str, torc
     if isinstance(model, JointModel):
         return "learned", model.flows(frames)
     if isinstance(model, PrecomputedFlowModel):
-        count = num_triplets(frames.shape[2], model.triplet_stride)
-        return model.method, classical_stack(frames, count, model.triplet_stride, model.method)
+        return model.method, stacked_classical_flow(frames, model.triplet_stride, model.method)
     return None
 
 
@@ -102,21 +83,19 @@ def forward_batch(
     """
     frames = batch["frames"].to(device, non_blocking=True)
     labels = batch["label"].to(device, non_blocking=True)
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
-    autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype else contextlib.nullcontext
     if isinstance(model, FrameModel):
-        with autocast():
+        with autocast(amp, device):
             logits, _ = model(add_input_noise(frames, noise_std))
         logits = logits.float()
         return logits, None, joint_loss(logits, labels, None, frames, 1, weights)
     if isinstance(model, PrecomputedFlowModel):
         count = num_triplets(frames.shape[2], model.triplet_stride)
         if "classical" in batch:  # precomputed on the clean frames (model.classical_on=clean)
-            flows = select_pairs(batch["classical"].to(device), count, model.triplet_stride)
+            flows = select_pairs(batch["classical"].to(device), count, model.triplet_stride).transpose(1, 2)
         else:  # on the very input a learned flow network would see: jitter, crop and noise
             noisy = add_input_noise(frames, noise_std).clamp(0.0, 1.0)
-            flows = classical_stack(noisy, count, model.triplet_stride, model.method)
-        with autocast():
+            flows = stacked_classical_flow(noisy, model.triplet_stride, model.method)
+        with autocast(amp, device):
             logits, _ = model(flows)
         logits = logits.float()
         return logits, flows, joint_loss(logits, labels, None, frames, 1, weights)
@@ -124,7 +103,7 @@ def forward_batch(
         raise TypeError(f"unsupported model {type(model).__name__}")
     noisy = add_input_noise(frames, noise_std)
     pyramid = backward = None
-    with torch.set_grad_enabled(torch.is_grad_enabled() and not freeze_flow), autocast():
+    with torch.set_grad_enabled(torch.is_grad_enabled() and not freeze_flow), autocast(amp, device):
         if weights.multiscale:
             flows, pyramid = model.flows(noisy, return_pyramid=True)
         else:
@@ -135,8 +114,21 @@ def forward_batch(
     flows = flows.float()
     pyramid = [level.float() for level in pyramid] if pyramid is not None else None
     backward = backward.float() if backward is not None else None
-    with autocast():
+    with autocast(amp, device):
         logits = model.classify(scale_gradient(flows, flow_grad_scale), noisy)
     logits = logits.float()
     terms = joint_loss(logits, labels, flows, frames, model.triplet_stride, weights, pyramid, backward)
     return logits, flows, terms
+
+
+class TrainStep(torch.nn.Module):
+    """:func:`forward_batch` of ``model`` as a module, so that ``DistributedDataParallel`` sees the
+    whole forward pass it synchronises (and ``torch.compile`` compiles it)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: dict, device: torch.device, weights: LossWeights, noise_std: float, freeze_flow: bool,
+                flow_grad_scale: float, amp: str = "off"):
+        return forward_batch(self.model, batch, device, weights, noise_std, freeze_flow, flow_grad_scale, amp)

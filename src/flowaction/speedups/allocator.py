@@ -3,9 +3,9 @@
 By default glibc serves every allocation above a threshold (128 KB, adapting up to 32 MB) with a
 fresh ``mmap`` and gives it back with ``munmap`` when freed. A training step allocates and frees
 the same few hundred activation and gradient buffers every time, so each step pays the kernel for
-new zero-filled pages. Raising the mmap and trim thresholds lets freed blocks be reused instead:
-on a 2-core CPU a training step takes 0.81x the time (``benchmarks/bench_train.py`` measures it).
-The cost is that the process keeps its peak heap until it exits.
+new zero-filled pages. Raising the mmap and trim thresholds lets freed blocks be reused instead
+(``benchmarks/bench_train.py`` measures the step time with and without it). The cost is that the
+process keeps its peak heap until it exits.
 """
 from __future__ import annotations
 

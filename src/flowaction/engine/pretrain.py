@@ -1,4 +1,4 @@
-"""Self-supervised pre-training of the flow network on any video, and loading it into a model.
+"""Self-supervised pre-training of the flow network on any video (``pretrain-flow``).
 
 The flow losses (photometric, eq. 1, and smoothness, eq. 2) need no labels, so the flow network can
 learn on any prepared cache, a folder of videos or the generated benchmark before joint training.
@@ -14,11 +14,9 @@ what ``model.flow_init=PATH`` reads), ``last.pt`` (for ``--resume``), ``metrics.
 """
 from __future__ import annotations
 
-import os
 import time
-from importlib import resources
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 from torch.utils.data import DataLoader
@@ -27,70 +25,21 @@ from tqdm import tqdm
 from flowaction.checkpoint import load_checkpoint, load_weights, restore_rng, rng_state, save_checkpoint
 from flowaction.config import Config, save_config, to_dict
 from flowaction.data.cache import ClipCache
-from flowaction.data.clips import ClipDataset, ClipSpec, JitterSpec, add_input_noise
-from flowaction.data.sampler import EpochSampler
-from flowaction.evaluate import FlowErrors, describe_flow_errors, score_flows
+from flowaction.data.clips import ClipDataset, add_input_noise
+from flowaction.engine.evaluate import score_flows
+from flowaction.engine.loaders import begin_epoch, clip_spec, loader_of, triplet_loader
+from flowaction.engine.optim import adam_options, clip_gradients, learning_rate
+from flowaction.flow.metrics import FlowErrors, describe_flow_errors
 from flowaction.losses import flow_loss_terms
 from flowaction.models.flownet import FlowNet
-from flowaction.models.joint import Normalise, make_triplets
+from flowaction.models.joint import Normalise
+from flowaction.models.weights import FLOW_WEIGHTS, load_flow_weights, save_flow_weights
+from flowaction.plots import plot_curves
 from flowaction.runlog import RunLogger
+from flowaction.speedups import apply_process_settings
+from flowaction.triplets import make_triplets
 
-FLOW_WEIGHTS = "flownet.pt"
-FLOW_KIND = "flownet"
-
-
-def default_flow_weights() -> Path:
-    """The flow network shipped with the package (see the README for how it was made)."""
-    return Path(str(resources.files("flowaction") / "weights" / "flownet-default.pt"))
-
-
-def save_flow_weights(path: str | os.PathLike, flow_net: FlowNet, meta: dict[str, Any]) -> None:
-    """Write a flow network as plain tensors plus its width (atomic)."""
-    state = {"kind": FLOW_KIND, "flow_width": flow_net.width, "flow_refine": flow_net.refine,
-             "model": flow_net.state_dict(), "meta": meta}
-    save_checkpoint(path, {**state, "config": {}, "classes": []})
-
-
-def load_flow_weights(flow_net: FlowNet, source: str | os.PathLike) -> dict:
-    """Load ``source`` (``default``, a ``flownet.pt`` or a joint-model checkpoint) into
-    ``flow_net`` strictly. Raises ValueError naming the mismatch (e.g. another width)."""
-    path = default_flow_weights() if str(source) == "default" else Path(source)
-    state = load_checkpoint(path)
-    if state.get("kind") == FLOW_KIND:
-        weights, width = state["model"], state["flow_width"]
-        refine = state.get("flow_refine", False)
-    else:  # a whole flowaction run checkpoint: take its flow network
-        weights = {k[len("flow_net."):]: v for k, v in state["model"].items() if k.startswith("flow_net.")}
-        if not weights:
-            raise ValueError(f"{path} holds no flow network (model.input "
-                             f"{state.get('config', {}).get('model', {}).get('input')!r})")
-        width = state.get("config", {}).get("model", {}).get("flow_width")
-        refine = state.get("config", {}).get("model", {}).get("flow_refine", False)
-    if width != flow_net.width:
-        raise ValueError(f"{path} holds a flow network of width {width}; this model has model.flow_width="
-                         f"{flow_net.width}: set model.flow_width={width} or pre-train one of that width")
-    if flow_net.refine and not refine:
-        # a network without the full-resolution level starts one with it: the new level's output
-        # layer starts at zero, so the flow equals the loaded network's until training moves it
-        fresh = {k: torch.zeros_like(v) if k.startswith("predict0.") else v
-                 for k, v in flow_net.state_dict().items() if k.startswith(("dec0.", "predict0."))}
-        weights = {**weights, **fresh}
-    elif refine and not flow_net.refine:
-        raise ValueError(f"{path} holds a flow network with the full-resolution level; this model has "
-                         f"model.flow_refine=false: set model.flow_refine=true or pre-train one without it")
-    load_weights(flow_net, weights, path)
-    return state.get("meta", {})
-
-
-def _loader(cfg: Config, cache: ClipCache, split: str, mode: str, batch: int, seed: int) -> DataLoader:
-    a = cfg.augment
-    jitter = JitterSpec(a.brightness, a.contrast, a.gamma, a.hflip)
-    frames = 3 if mode == "train" else cfg.data.num_frames  # a training item is one triplet
-    spec = ClipSpec(frames, cfg.data.frame_step, cfg.data.crop, 1)
-    dataset = ClipDataset(cache, split, mode, spec, jitter, seed=seed)
-    sampler = EpochSampler(len(dataset), True, seed, batch_size=batch) if mode == "train" else None
-    return DataLoader(dataset, batch_size=batch, sampler=sampler, drop_last=mode == "train",
-                      num_workers=cfg.data.num_workers, persistent_workers=cfg.data.num_workers > 0)
+VAL_BATCH = 16  # validation clips per forward pass
 
 
 @torch.no_grad()
@@ -133,9 +82,6 @@ def pretrain_flow(
     ``command`` (the command line that ran it) is recorded in ``flownet.pt``.
     Returns the last validation metrics and the wall time.
     """
-    from flowaction.plots import plot_curves
-    from flowaction.train import adam_options, apply_process_settings, begin_epoch, learning_rate, loss_weights
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
@@ -150,7 +96,7 @@ def pretrain_flow(
     normalise = Normalise()
     optimizer = torch.optim.Adam(flow_net.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
                                  **adam_options(cfg))
-    weights = loss_weights(cfg)
+    weights = cfg.loss
     step, last = 0, out / "last.pt"
     if resume and last.is_file():
         state = load_checkpoint(last)
@@ -159,15 +105,16 @@ def pretrain_flow(
         step = state["step"]
         restore_rng(state["rng"])
         log(f"resumed from {last} at step {step}")
-    train = _loader(cfg, cache, cfg.data.train_split, "train", cfg.optim.batch_size, cfg.seed)
-    val = _loader(cfg, cache, cfg.data.val_split, "val", 16, cfg.seed)
+    train = triplet_loader(cfg, cache, cfg.data.train_split, cfg.optim.batch_size)
+    val_clips = ClipDataset(cache, cfg.data.val_split, "val", clip_spec(cfg), seed=cfg.seed)
+    val = loader_of(cfg, val_clips, VAL_BATCH, seeded=False)
     logger = RunLogger(out, tensorboard=False)
     started, sums, count = time.time(), {"photometric": 0.0, "smoothness": 0.0}, 0
     bar = tqdm(total=steps, initial=step, desc="pretrain-flow", disable=not progress, mininterval=1.0)
     metrics: dict = {}
     epoch = step // max(len(train), 1)
     while step < steps:
-        begin_epoch(train, cfg.seed, epoch)
+        begin_epoch(train, epoch)
         for batch in train:
             if step >= steps:
                 break
@@ -182,7 +129,7 @@ def pretrain_flow(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.optim.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(flow_net.parameters(), cfg.optim.grad_clip)
+                clip_gradients(flow_net.parameters(), cfg.optim.grad_clip)
             optimizer.step()
             step += 1
             count += 1

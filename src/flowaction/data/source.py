@@ -1,0 +1,26 @@
+"""The data a config names: a prepared cache, or the generated benchmark (made once, then reused)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from flowaction.config import Config
+from flowaction.data.cache import ClipCache
+from flowaction.data.generate import synthetic_cache
+from flowaction.data.synthetic import SyntheticSpec
+
+
+def synthetic_spec(cfg: Config) -> SyntheticSpec:
+    """The generated benchmark's settings a config names (``data.synthetic``)."""
+    s = cfg.data.synthetic
+    return SyntheticSpec(size=s.size, num_frames=s.num_frames, num_classes=s.num_classes)
+
+
+def open_data(cfg: Config, out: str | Path, progress: bool = True) -> ClipCache:
+    """The cache ``data.cache`` names, or the generated benchmark in ``data.synthetic_dir`` (by
+    default ``OUT/data``), generated on first use."""
+    if cfg.data.cache:
+        return ClipCache.open(cfg.data.cache)
+    s = cfg.data.synthetic
+    target = Path(cfg.data.synthetic_dir) if cfg.data.synthetic_dir else Path(out) / "data"
+    counts = {"train": s.train_per_class, "val": s.val_per_class, "test": s.test_per_class}
+    return synthetic_cache(target, synthetic_spec(cfg), counts, s.seed, progress=progress)

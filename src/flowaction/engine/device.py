@@ -1,0 +1,59 @@
+"""Where a run computes and in which precision: ``device`` and ``optim.amp``."""
+from __future__ import annotations
+
+import contextlib
+import platform
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when available, else the CPU; any other name as given."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+@lru_cache(maxsize=1)
+def cpu_flags() -> frozenset[str]:
+    """The instruction-set flags the operating system reports for this CPU (Linux's
+    ``/proc/cpuinfo``); empty where it reports none."""
+    if platform.system() != "Linux":
+        return frozenset()
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return frozenset(line.split(":", 1)[1].split())
+    return frozenset()
+
+
+def native_bf16(device: torch.device) -> str:
+    """Why ``device`` runs bfloat16 matrix products natively ("" when it does not): a CUDA GPU
+    with bf16 support, or a CPU with Intel AMX-BF16 tiles (oneDNN's bf16 convolutions; without
+    them bf16 is emulated)."""
+    if device.type == "cuda":
+        # emulated bf16 (GPUs before Ampere) is slower than float32
+        return "a CUDA GPU with bf16 support" if torch.cuda.is_bf16_supported(including_emulation=False) else ""
+    if device.type == "cpu":
+        return "a CPU with AMX-BF16" if "amx_bf16" in cpu_flags() else ""
+    return ""
+
+
+def resolve_amp(choice: str, device: torch.device) -> tuple[str, str]:
+    """``optim.amp`` as it will run: ``auto`` becomes ``bf16`` where the device computes bf16
+    natively, else ``off``; other choices stay. Returns ``(amp, reason)``."""
+    if choice != "auto":
+        return choice, "set"
+    reason = native_bf16(device)
+    return ("bf16", reason) if reason else ("off", f"{device.type}: no native bf16 matrix units")
+
+
+def autocast(amp: str, device: torch.device):
+    """A context in which the networks run in ``amp`` (``off``, ``bf16`` or ``fp16``)."""
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
+    return torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
