@@ -19,6 +19,7 @@ from flowaction.data.source import open_data
 from flowaction.engine.loop import EpochState, NonFiniteLoss, train_one_epoch
 from flowaction.engine.loaders import begin_epoch, make_loader
 from flowaction.models.build import build_model
+from flowaction.speedups import apply_cpu_speedups
 from flowaction.engine.optim import build_optimizer
 from flowaction.engine.fit import fit
 
@@ -201,7 +202,7 @@ def test_torchrun_two_processes_share_each_epoch_rank_zero_writes_and_one_proces
     cfg = _cfg(data_dir, "augment.noise_std=0", "optim.accumulate=2", "optim.epochs=2")
     cache = open_data(cfg, data_dir.parent)
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg, len(cache.classes))
+    model = apply_cpu_speedups(build_model(cfg, len(cache.classes)), cfg)  # as fit builds it
     initial = {name: value.detach().clone() for name, value in model.named_parameters()}
     optimizer = build_optimizer(cfg, model)
     dataset = make_loader(cfg, cache, "train", "train", shuffle=True).dataset

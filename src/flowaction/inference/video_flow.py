@@ -224,7 +224,7 @@ def compute_flows(method: str, model, video: VideoFrames, pairs: np.ndarray, bat
     """``(flows (N, 2, H, W), mean milliseconds per pair)``; the time covers the flow work only."""
     if method == "learned":
         # one untimed batch first: the first pass at each input shape pays one-time costs
-        # (oneDNN primitive creation: ~200 ms here) that would dominate a short video's mean
+        # (oneDNN primitive creation) that would dominate a short video's mean
         learned_flows(model, video.frames, pairs[:batch_size], batch_size)
     started = time.perf_counter()
     if method == "learned":
