@@ -99,11 +99,12 @@ def step_times(model_input: str, batch: int, steps: int, threads: int, runner=No
 def step_flops(model_input: str, batch: int) -> dict[str, float]:
     """GFLOP of one training step's convolutions and matrix products (forward and backward, as
     ``torch.utils.flop_counter`` counts them), in all and by network: the work a step cannot avoid."""
-    # the counter knows convolution_backward, not the GEMM route to the same input gradient, and
-    # counts the whole kernels' work: the work of the plain model
-    cfg = load_config(None, [f"model.input={model_input}", "model.classical_on=clean", *SETTINGS])
+    # the kernels trimmed (the taps that only see padding are no work a step needs) and the stem's
+    # input gradient through convolution_backward: the counter does not know the GEMM route to it
+    cfg = load_config(None, [f"model.input={model_input}", "model.classical_on=clean", *SETTINGS,
+                             "cpu.trim_kernels=true", "cpu.gemm_input_grad=false"])
     torch.manual_seed(0)
-    model = build_model(cfg, 101)
+    model = apply_cpu_speedups(build_model(cfg, 101), cfg)
     counter = FlopCounterMode(display=False)
     with counter:
         _, _, terms = forward_batch(model, _batch(cfg, batch, model_input in ("dis", "farneback")),

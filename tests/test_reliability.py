@@ -202,3 +202,26 @@ def test_resume_with_another_model_depth_is_one_clear_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2
     assert "last.pt holds weights of another model" in err and "Traceback" not in err
+
+
+def test_a_checkpoint_written_before_the_cpu_section_and_the_loss_type_merge_still_loads(tmp_path):
+    from flowaction.checkpoint import save_checkpoint
+    from flowaction.config import from_dict, to_dict
+    from flowaction.inference.loaded import load_model
+    from flowaction.models.build import build_model, load_model_checkpoint
+
+    cfg = from_dict({}, ["model.depth=10", "model.flow_width=8", "data.crop=32", "cpu.trim_kernels=false"])
+    model = build_model(cfg, 3)
+    old_config = to_dict(cfg)
+    del old_config["cpu"]  # checkpoints of earlier versions have no cpu section
+    save_checkpoint(tmp_path / "old.pt", {"config": old_config, "classes": ["a", "b", "c"], "model": model.state_dict(),
+                                          "frame_size": [36, 36]})
+    loaded = load_model_checkpoint(tmp_path / "old.pt")
+    assert loaded.cfg.cpu.trim_kernels and loaded.cfg.loss.photometric == cfg.loss.photometric
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.model.state_dict()[key], value)
+    clips = (torch.rand(1, 16, 32, 32) * 255).round().to(torch.uint8).numpy()
+    inference = load_model(tmp_path / "old.pt")  # with the speed-ups applied: the same logits
+    with torch.no_grad():
+        expected = model.eval()(torch.from_numpy(clips).float()[:, None] / 255.0)[0]
+    torch.testing.assert_close(torch.from_numpy(inference.logits(clips)), expected, rtol=1e-4, atol=1e-5)
