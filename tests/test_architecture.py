@@ -16,12 +16,13 @@ MAX_LINES = 400
 
 #: what each part of the package may import of the package (prefixes); a part not listed may import anything
 #: below the commands. Foundations import only foundations.
-FOUNDATIONS = ("flowaction.config", "flowaction.checkpoint", "flowaction.warp", "flowaction.triplets")
+FOUNDATIONS = ("flowaction.config", "flowaction.checkpoint", "flowaction.warp", "flowaction.triplets", "flowaction.files")
 ALLOWED = {
     "flowaction.config": (),
     "flowaction.checkpoint": (),
     "flowaction.warp": (),
     "flowaction.triplets": (),
+    "flowaction.files": (),
     "flowaction.models": ("flowaction.models", "flowaction.warp", "flowaction.triplets", "flowaction.config",
                           "flowaction.checkpoint"),
     "flowaction.losses": ("flowaction.loss_variants", *FOUNDATIONS),

@@ -198,12 +198,10 @@ def folder_cache64(folder_videos, tmp_path_factory):
 
 @pytest.mark.parametrize("preset", ["ucf101", "hmdb51", "own-videos"])
 def test_presets_load_and_train_a_step(preset, folder_cache64, tmp_path):
-    from pathlib import Path
-
-    from flowaction.config import load_config
+    from flowaction.config import load_config, preset_path
     from flowaction.engine.fit import fit
 
-    path = Path(__file__).resolve().parents[1] / "configs" / f"{preset}.yaml"
+    path = preset_path(preset)  # shipped in the package, also to a pip install
     cfg = load_config(path)
     assert cfg.model.input == "learned" and cfg.data.num_frames == 16
     # only what a 2-core test machine and a 15-video cache need changes: batch, steps, workers

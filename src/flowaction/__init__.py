@@ -2,6 +2,13 @@
 __version__ = "0.1.0"
 
 
+__all__ = ["Recognizer", "Prediction", "__version__"]
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
 def __getattr__(name: str):
     # flowaction.Recognizer / flowaction.Prediction without importing torch for `import flowaction`
     if name in ("Recognizer", "Prediction"):

@@ -113,7 +113,15 @@ def _first_line(error: BaseException) -> str:
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     useful = [line for line in lines if "weights_only" not in line and "torch.load" not in line
               and not line.startswith(("(1)", "(2)", "Please", "Check", "Weights only"))]
-    return (useful or [type(error).__name__])[0][:200]
+    line = (useful or [type(error).__name__])[0]
+    # whole sentences only: the first, and the next ones while the line stays short
+    sentences = re.split(r"(?<=[.!?])\s+", line)
+    kept = sentences[0]
+    for sentence in sentences[1:]:
+        if len(kept) + 1 + len(sentence) > 200:
+            break
+        kept += " " + sentence
+    return kept
 
 
 def rng_state() -> dict[str, Any]:

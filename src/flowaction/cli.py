@@ -16,11 +16,22 @@ DESCRIPTION = ("flowaction: recognise actions in video with a 3D ResNet on optic
                "network learns inside the model, without flow ground truth.")
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's default in ``--help``, unless the option is required or its help already says
+    what the default is."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text.lower() or action.required:
+            return text
+        return super()._get_help_string(action)
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with the defaults in every ``--help`` and "did you mean" for a mistyped choice."""
 
     def __init__(self, *args, **kwargs) -> None:
-        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        kwargs.setdefault("formatter_class", _HelpFormatter)
         super().__init__(*args, **kwargs)
 
     def error(self, message: str):
@@ -165,35 +176,15 @@ def _cmd_keys(args: argparse.Namespace) -> int:
 
 
 def _cmd_prepare(args: argparse.Namespace) -> int:
-    from flowaction.commands.rundir import run_lock
-    from flowaction.data.prepare import prepare
+    from flowaction.commands.prepare import run_prepare
 
-    if (args.height is None) != (args.width is None):
-        raise ValueError("give both --height and --width, or neither (then --size sets the short side)")
-    size = (args.height, args.width) if args.height is not None else args.size
-    if not Path(args.root).is_dir():
-        raise FileNotFoundError(f"video root {args.root} does not exist")
-    with run_lock(args.out):  # two prepares into one cache would interleave their shards
-        report = prepare(
-            args.kind, args.root, args.out, splits_dir=args.splits, split=args.split, workers=args.workers,
-            size=size, min_frames=args.min_frames, shard_videos=args.shard_videos, val_fraction=args.val_fraction,
-            test_fraction=args.test_fraction, val_from_train=args.val_from_train, train_list=args.train_list,
-            val_list=args.val_list, seed=args.seed, progress=_progress(args), log=print, ray_address=args.ray,
-        )
-    height, width = report["frame_size"]
-    counts = "  ".join(f"{name} {count}" for name, count in report["videos"].items())
-    print(f"prepared {args.out}: {len(report['classes'])} classes, {height}x{width} frames; videos: {counts}")
-    print(
-        f"decoded {report['decoded_videos']} videos ({report['decoded_frames']} frames) in {report['seconds']:.1f} s: "
-        f"{report['frames_per_second']:.0f} frames/s; reused {report['reused_videos']} from finished shards"
+    run_prepare(
+        args.kind, args.root, args.out, splits_dir=args.splits, split=args.split, workers=args.workers,
+        size=args.size, height=args.height, width=args.width, min_frames=args.min_frames,
+        shard_videos=args.shard_videos, val_fraction=args.val_fraction, test_fraction=args.test_fraction,
+        val_from_train=args.val_from_train, train_list=args.train_list, val_list=args.val_list, seed=args.seed,
+        progress=_progress(args), ray_address=args.ray,
     )
-    if report["skipped"]:
-        print(f"skipped {len(report['skipped'])} video(s):")
-        for item in report["skipped"]:
-            print(f"  {item['path']}: {item['reason']}")
-    if "val" not in report["videos"]:
-        print("no val split: train with data.val_split=test (official protocol) or prepare with --val-from-train F")
-    print(f"wrote {Path(args.out) / 'prepare_report.json'} and {Path(args.out) / 'index.json'}")
     return 0
 
 
@@ -208,6 +199,7 @@ def _cmd_flow(args: argparse.Namespace) -> int:
             args.video, args.out, args.method, args.checkpoint, size=args.size, crop=args.crop,
             stride=None if args.stride == "train" else int(args.stride), max_frames=args.max_frames,
             batch_size=args.batch_size, device=args.device, progress=_progress(args), log=print,
+            overwrite=args.overwrite,
         )
     except DecodeError as error:  # a corrupt or unsupported file is a user error, not a crash
         print(f"flowaction flow: error: {args.video}: cannot decode video: {error}", file=sys.stderr)
@@ -303,6 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     flow.add_argument("--max-frames", type=int, default=None, help="use only the first N frames")
     flow.add_argument("--batch-size", type=int, default=32, help="triplets per forward pass")
     flow.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    flow.add_argument("--overwrite", action="store_true", help="OUT holds a flow run: replace its files")
     flow.add_argument("--no-progress", action="store_true", help="no progress bar")
     flow.set_defaults(func=_cmd_flow)
 
@@ -371,14 +364,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line's arguments; KEY=VALUE overrides may stand anywhere after the subcommand,
+    between its options too. An unknown option exits with the nearest ones of that subcommand."""
     parser = build_parser()
     args, extra = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
-    if extra:  # unknown options: say which, with the nearest ones of that subcommand
+    if extra and hasattr(args, "overrides"):  # KEY=VALUE words after an option belong with the others
+        args.overrides += [word for word in extra if "=" in word and not word.startswith("-")]
+        extra = [word for word in extra if not ("=" in word and not word.startswith("-"))]
+    if extra:
         subcommands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
         subcommands.choices[args.command].reject_unknown(extra)
     if hasattr(args, "argv"):
         args.argv = argv
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_arguments(argv)
     try:
         return args.func(args)
     except (ConfigError, OSError, ValueError) as error:  # OSError: missing paths, a full disk, ...

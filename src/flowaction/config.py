@@ -167,8 +167,8 @@ class Config:
 MODEL_INPUTS = ("learned", "learned+frames", "frames", "dis", "farneback")
 #: the model inputs whose model holds a flow network (the others classify frames or OpenCV flow)
 LEARNED_INPUTS = ("learned", "learned+frames")
-#: the presets packaged with flowaction (``src/flowaction/configs/<name>.yaml``)
-PRESETS = ("demo", "tiny", "pretrain")
+#: the presets packaged with flowaction (``src/flowaction/configs/<name>.yaml``): ``--config NAME``
+PRESETS = ("demo", "tiny", "pretrain", "own-videos", "ucf101", "hmdb51", "synthetic", "ablation")
 _CHOICES = {
     "model.depth": (10, 18, 34, 50),
     "model.shortcut": ("A", "B"),
@@ -320,14 +320,33 @@ def from_dict(mapping: dict, overrides: list[str] | None = None) -> Config:
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
     """Read a YAML config file (or start from defaults when ``path`` is None)."""
     mapping: dict = {}
-    if path is not None:
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"config file {path} does not exist")
+    if path is None:
+        return from_dict(mapping, overrides)
+    path = resolve_config_path(path)
+    try:
         with open(path) as handle:
             mapping = yaml.safe_load(handle) or {}
-        if not isinstance(mapping, dict):
-            raise ConfigError(f"{path}: expected a mapping at the top level")
-    return from_dict(mapping, overrides)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML ({error})".replace("\n", " ")) from None
+    if not isinstance(mapping, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    try:
+        return from_dict(mapping, overrides)
+    except ConfigError as error:  # name the file: the key may be in it, or on the command line
+        raise ConfigError(f"{error} (config {path}{' and the command line' if overrides else ''})") from None
+
+
+def resolve_config_path(path: str | Path) -> Path:
+    """A config file's path: an existing file, or the name of a packaged preset (:data:`PRESETS`,
+    with or without ``.yaml``). Anything else is a FileNotFoundError naming the presets."""
+    if Path(path).is_file():
+        return Path(path)
+    name = Path(path).name.removesuffix(".yaml").removesuffix(".yml")
+    if name == str(path).removesuffix(".yaml").removesuffix(".yml") and name in PRESETS:
+        return preset_path(name)
+    near = nearest(name, PRESETS)
+    hint = f"; did you mean {' or '.join(near)}?" if near else ""
+    raise FileNotFoundError(f"config file {path} does not exist{hint} (packaged presets: {', '.join(PRESETS)})")
 
 
 def preset_path(name: str) -> Path:

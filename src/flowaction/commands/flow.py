@@ -2,6 +2,8 @@
 panel and a summary (the estimation itself is :mod:`flowaction.inference.video_flow`)."""
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 from typing import Any, Callable
 
@@ -12,11 +14,12 @@ from flowaction.data.cache import atomic_write_json
 from flowaction.flow.io import write_flo
 from flowaction.flow.viz import flow_animation, flow_panel
 from flowaction.inference.video_flow import (
-    DISPLAY_NAMES, VideoFrames, compute_flows, flow_settings, photometric_summary, read_video_frames, resolve_methods,
+    DISPLAY_NAMES, METHODS, VideoFrames, compute_flows, flow_settings, photometric_summary, read_video_frames, resolve_methods,
     video_pairs,
 )
 from flowaction.warp import backward_warp, in_frame_mask
 
+OUTPUTS = ("summary.json", "panel.png", "flo") + tuple(f"flow_{method}.gif" for method in METHODS)
 PANEL_ROWS = 4  # pairs shown in panel.png, evenly spaced over the video
 # A GIF grows by one image per pair; a few hundred pairs already make a large file.
 ANIMATION_MAX_PAIRS = 240
@@ -59,6 +62,27 @@ def _write_pictures(out: Path, video: VideoFrames, pairs: np.ndarray, flows: dic
     return written
 
 
+def claim_flow_dir(out: Path, overwrite: bool, log: Callable[[str], None]) -> None:
+    """Refuse an ``out`` that holds the outputs of a flow run, unless ``overwrite``: then remove them."""
+    found = [name for name in OUTPUTS if (out / name).exists()]
+    if not found:
+        return
+    summary = out / "summary.json"
+    what = "the flow outputs"
+    if summary.is_file():
+        try:
+            old = json.loads(summary.read_text())
+            what = f"the flow of {old.get('video')} ({old.get('num_pairs')} pairs)"
+        except (ValueError, OSError):
+            pass
+    if not overwrite:
+        raise FileExistsError(f"{out} holds {what}: give another --out, or --overwrite to replace it")
+    for name in found:
+        path = out / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    log(f"--overwrite: removed {what} from {out} ({', '.join(found)})")
+
+
 def run_flow(
     video: str | Path,
     out: str | Path,
@@ -73,13 +97,17 @@ def run_flow(
     device: str = "auto",
     progress: bool = True,
     log: Callable[[str], None] | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """The ``flow`` command: flows of ``video`` by one method or ``"all"``, written under ``out``.
 
     Writes ``out/flo/<method>/NNNNNN.flo`` (NNNNNN = first frame of the pair), ``out/flow_<method>.gif``,
     ``out/panel.png`` and ``out/summary.json``; returns the summary. ``stride=None`` takes the
     checkpoint's ``model.triplet_stride``; other arguments as in :func:`estimate_video_flow`.
+    An ``out`` that holds a flow run already is refused, or with ``overwrite`` cleared first (said
+    through ``log``), so its files never mix with another video's.
     """
+    claim_flow_dir(Path(out), overwrite, log or (lambda *_: None))
     asked = resolve_methods(method)
     model, cfg, methods, short_side, crop = flow_settings(checkpoint, asked, size, crop, device, log)
     stride = cfg.model.triplet_stride if stride is None else stride

@@ -19,6 +19,9 @@ RUN_FILES = (
     "last.pt", "best.pt", "flownet.pt", "metrics.csv", "metrics.json", "eval.json", "config.yaml",
     "curves.png", "confusion.png", "flows.png", "tensorboard", "init_report.json",
 )
+# written before the first step: a folder holding only these holds a run that never started
+# (e.g. a mistyped model.flow_init), and the corrected command starts it again
+BEFORE_START = ("config.yaml", "init_report.json")
 
 
 def claim_run_dir(out: str | Path, resume: bool, overwrite: bool = False, delete_old: bool = False, log=print) -> None:
@@ -28,6 +31,8 @@ def claim_run_dir(out: str | Path, resume: bool, overwrite: bool = False, delete
     * a folder that already holds a run (any of :data:`RUN_FILES`) is refused with FileExistsError
       unless ``overwrite``: then the old run's files are moved to ``out/replaced-<time>/`` (or
       deleted with ``delete_old``); nothing else in the folder is touched.
+    * a run counts once training has started: the files of a run that failed before its first step
+      (:data:`BEFORE_START` only) are replaced by the new run, and the log says so.
     """
     out = Path(out)
     if resume:
@@ -36,11 +41,17 @@ def claim_run_dir(out: str | Path, resume: bool, overwrite: bool = False, delete
         if not out.is_dir():
             raise FileNotFoundError(f"--resume: {out} does not exist, so there is no run to resume")
         if not (out / "last.pt").is_file():
-            raise FileNotFoundError(f"--resume: {out} holds no run to resume (no last.pt); "
-                                    "leave out --resume to start one" + (" (with --overwrite)" if _run_files(out) else ""))
+            started = _started(_run_files(out))
+            raise FileNotFoundError(f"--resume: {out} holds no run to resume (no last.pt"
+                                    + ("" if started else "; its run never started") + "); leave out --resume to "
+                                    "start one" + (" (with --overwrite)" if started else ""))
         return
     found = _run_files(out)
     if not found:
+        return
+    if not _started(found):
+        log(f"{out} holds {', '.join(found)} of a run that never started (no checkpoint, no metrics): "
+            "they are replaced by this run's")
         return
     if not overwrite:
         raise FileExistsError(
@@ -67,6 +78,10 @@ def claim_run_dir(out: str | Path, resume: bool, overwrite: bool = False, delete
 
 def _run_files(out: Path) -> list[str]:
     return [name for name in RUN_FILES if (out / name).exists()]
+
+
+def _started(found: list[str]) -> list[str]:
+    return [name for name in found if name not in BEFORE_START]
 
 
 def resume_config(out: str | Path, overrides: list[str], log=print) -> Config:

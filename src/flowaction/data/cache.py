@@ -25,6 +25,8 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
+from flowaction.data.splits import VIDEO_EXTENSIONS
+
 CACHE_FORMAT = 1
 INDEX_NAME = "index.json"
 
@@ -196,10 +198,7 @@ class ClipCache:
         if not root.exists():
             raise FileNotFoundError(f"{root} does not exist (a clip cache is made by `flowaction prepare`)")
         if not path.is_file():
-            raise FileNotFoundError(
-                f"{root} is not a complete clip cache (no {INDEX_NAME}); run `flowaction prepare` "
-                "again with the same --out to finish it"
-            )
+            raise FileNotFoundError(_not_a_cache(root))
         with open(path) as handle:
             index = json.load(handle)
         if index.get("format") != CACHE_FORMAT:
@@ -260,3 +259,23 @@ class ClipCache:
     def __getstate__(self) -> dict:
         # memory maps are reopened in each worker rather than pickled
         return {"root": self.root, "index": self.index, "_maps": {}}
+
+
+def _not_a_cache(root: Path) -> str:
+    """Why ``root`` (which exists) cannot be opened as a cache, and what to do instead."""
+    prepare = "flowaction prepare folder --root VIDEOS --out CACHE"
+    if root.is_file():
+        kind = "a video file" if root.suffix.lower() in VIDEO_EXTENSIONS else "a file"
+        return (f"{root} is {kind}, not a clip cache: put the videos in class folders, prepare them once "
+                f"({prepare}) and pass --data CACHE")
+    if root.name == "shards" and (root.parent / INDEX_NAME).is_file():
+        return f"{root} is the shards folder inside the cache {root.parent}: pass --data {root.parent}"
+    if (root / "shards").is_dir():
+        return (f"{root} is not a complete clip cache (no {INDEX_NAME}): a prepare into it did not finish; run "
+                "`flowaction prepare` again with the same --out to finish it")
+    videos = next((p for p in root.rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS), None)
+    if videos is not None:
+        return (f"{root} holds videos, not a clip cache: prepare them once with `flowaction prepare folder "
+                f"--root {root} --out CACHE` (one folder per class) and pass --data CACHE")
+    return f"{root} is not a clip cache (no {INDEX_NAME}); a clip cache is made by `{prepare}`"
+

@@ -52,21 +52,36 @@ def clean_partial_shards(out: Path, finished: set[str]) -> int:
     return removed
 
 
-def _choose_size(plan: SplitPlan, root: Path, size: int | tuple[int, int], existing: list[dict]) -> tuple[int, int]:
-    """The cache's ``(H, W)``: exact if given, else the short side at the first readable video's
-    aspect ratio; must equal the size of shards already written."""
+PROBED_VIDEOS = 50  # videos, spread over the list, whose shapes decide the cache's aspect ratio
+
+
+def _choose_size(plan: SplitPlan, root: Path, size: int | tuple[int, int], existing: list[dict],
+                 log: Callable[[str], None] = lambda *_: None) -> tuple[int, int]:
+    """The cache's ``(H, W)``: exact if given, else the short side ``size`` at the median aspect
+    ratio of up to :data:`PROBED_VIDEOS` videos spread over the list (every video is scaled to
+    cover that shape and centre-cropped to it); must equal the size of shards already written."""
     have = tuple(existing[0]["frame_size"]) if existing else None
     if isinstance(size, int):
         if have is not None and min(have) == size:
             return have
-        for entry in plan.entries[:50]:
+        entries = plan.entries
+        picks = sorted({round(i * (len(entries) - 1) / max(PROBED_VIDEOS - 1, 1)) for i in range(PROBED_VIDEOS)})
+        shapes = []
+        for index in picks if entries else []:
             try:
-                chosen = decode_mod.frame_size_for(*decode_mod.probe(root / entry.path), size)
-                break
+                shapes.append(decode_mod.probe(root / entries[index].path))
             except decode_mod.DecodeError:
                 continue
-        else:
-            raise ValueError(f"none of the first listed videos under {root} could be opened")
+        if not shapes:
+            raise ValueError(f"none of the probed videos under {root} could be opened")
+        shapes.sort(key=lambda shape: shape[1] / shape[0])
+        ratios = [width / height for height, width in shapes]
+        median = ratios[len(ratios) // 2]
+        chosen = decode_mod.frame_size_for(*shapes[len(shapes) // 2], size)
+        spread = (f"from {ratios[0]:.2f} to {ratios[-1]:.2f}; videos of another shape lose their edges to the "
+                  "centre crop" if ratios[-1] - ratios[0] > 0.01 else "all alike")
+        log(f"frame size {chosen[0]}x{chosen[1]}: short side {size} at the median aspect ratio (width / height "
+            f"{median:.2f}) of {len(shapes)} probed videos ({spread}); --height and --width choose another")
     else:
         chosen = (int(size[0]), int(size[1]))
     if have is not None and have != chosen:
@@ -152,7 +167,7 @@ def prepare(
     if removed:
         log(f"removed {removed} file(s) of unfinished shards left by an interrupted run")
     done = {v["id"] for m in existing for v in m["videos"]}
-    frame_size = _choose_size(plan, root, size, existing)
+    frame_size = _choose_size(plan, root, size, existing, log)
 
     skipped: list[dict] = []
     todo: list[Task] = []

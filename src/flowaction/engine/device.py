@@ -10,10 +10,22 @@ import torch
 
 
 def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when available, else the CPU; any other name as given."""
+    """``auto`` -> CUDA when available, else the CPU; any other name as given. A CUDA device on a
+    machine without one is a ValueError that says so (not PyTorch's assertion deep in a model)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise ValueError(f"device {name!r} is not a device name (auto, cpu, cuda or cuda:N): {error}") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {name!r}: this machine has no CUDA GPU that PyTorch can use (torch "
+                             f"{torch.__version__}, CUDA {torch.version.cuda or 'not built in'}); use cpu or auto")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA GPU(s) "
+                             f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})")
+    return device
 
 
 @lru_cache(maxsize=1)

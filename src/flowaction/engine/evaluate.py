@@ -19,7 +19,7 @@ from flowaction.engine.loaders import make_loader
 from flowaction.engine.step import forward_batch
 from flowaction.flow.classical import stacked_classical_flow
 from flowaction.flow.metrics import FlowErrors, flow_summary
-from flowaction.models.build import load_model_checkpoint
+from flowaction.models.build import LoadedModel, load_model_checkpoint
 from flowaction.speedups import apply_cpu_speedups
 from flowaction.triplets import flow_pair_frames, select_pairs
 from flowaction.warp import backward_warp, in_frame_mask
@@ -157,18 +157,19 @@ def video_scores(result: EvalResult, num_classes: int) -> dict:
 
 
 def evaluate_checkpoint(
-    checkpoint: str | Path, cache: ClipCache, split: str, mode: str = "test", device: str = "auto", progress: bool = True
+    checkpoint: str | Path | LoadedModel, cache: ClipCache, split: str, mode: str = "test", device: str = "auto", progress: bool = True
 ) -> dict:
-    """Load a checkpoint (model built from the file alone) and score one split of a cache.
+    """Load a checkpoint (model built from the file alone; or one loaded already) and score one
+    split of a cache.
 
     Returns the report ``eval.json`` holds: clip and video accuracy, top-5, per class, confusion,
     losses and (with ground truth) flow errors beside zero flow and DIS."""
-    loaded = load_model_checkpoint(checkpoint)
-    cfg = loaded.cfg
     dev = resolve_device(device)
+    loaded = checkpoint if isinstance(checkpoint, LoadedModel) else load_model_checkpoint(checkpoint)
+    cfg = loaded.cfg
     model = apply_cpu_speedups(loaded.model, cfg).to(dev)
     if loaded.classes != list(cache.classes):
-        raise ValueError(f"the checkpoint's classes differ from the cache's ({checkpoint} vs {cache.root})")
+        raise ValueError(f"the checkpoint's classes differ from the cache's ({loaded.source} vs {cache.root})")
     loader = make_loader(cfg, cache, split, mode)
     result = run_evaluation(model, loader, dev, cfg.loss, progress, desc=split)
     report = {

@@ -30,6 +30,17 @@ from flowaction.runlog import RunLogger
 from flowaction.speedups import apply_cpu_speedups, apply_process_settings
 
 CURVES_EVERY_S = 30.0  # curves.png is redrawn at most this often during training (and after the last epoch)
+NAMED_CLASSES = 10  # the start-up summary names this many classes
+SELECTABLE_VAL_CLIPS = 20  # with fewer validation clips, their accuracy is too coarse to select best.pt on
+
+
+def is_better(val_metrics: dict, best: dict) -> bool:
+    """Whether an epoch's validation metrics make a better ``best.pt`` than ``best``: a higher
+    accuracy, or the same accuracy at a lower validation loss (on a small validation split many
+    epochs tie, and the first of them is often barely trained)."""
+    if val_metrics["accuracy"] != best["val_accuracy"]:
+        return val_metrics["accuracy"] > best["val_accuracy"]
+    return val_metrics["total"] < best.get("val_loss", float("inf"))
 
 
 def checkpoint_state(cfg: Config, classes: list[str], model: torch.nn.Module, optimizer: torch.optim.Optimizer,
@@ -137,7 +148,12 @@ def fit(
     if start_epoch == 0 and not partial:
         counts = ", ".join(f"{name} {len(cache.split(name))}" for name in cache.splits())
         parameters = count_parameters(model)
-        log(f"data: {len(classes)} classes, videos per split: {counts} ({cache.root})")
+        names = ", ".join(classes[:NAMED_CLASSES]) + (", ..." if len(classes) > NAMED_CLASSES else "")
+        log(f"data: {len(classes)} classes ({names}), videos per split: {counts} ({cache.root})")
+        if len(val_loader.dataset) < SELECTABLE_VAL_CLIPS:
+            log(f"warning: the {cfg.data.val_split!r} split has {len(val_loader.dataset)} clip(s): its accuracy moves "
+                f"in steps of 1/{len(val_loader.dataset)}, too coarse to pick the best epoch on alone; best.pt takes "
+                "the highest accuracy, ties going to the lower validation loss, and last.pt holds the last epoch")
         log(f"model: {cfg.model.input} input, 3D ResNet-{cfg.model.depth}, {parameters:,} parameters, on {device}"
             + (f", {context.world} processes" if context.distributed else ""))
         log(f"training: {epochs} epochs x {steps_per_epoch(cfg, batches)} steps = {total_steps} steps of "
@@ -178,8 +194,9 @@ def fit(
             if epoch + 1 == epochs or time.time() - plotted >= CURVES_EVERY_S:
                 plot_curves(logger.csv_path, out / "curves.png")
                 plotted = time.time()
-            if val_metrics["accuracy"] > best["val_accuracy"]:
-                best = {"val_accuracy": val_metrics["accuracy"], "epoch": epoch, "val_epe": result.flow_epe,
+            if is_better(val_metrics, best):
+                best = {"val_accuracy": val_metrics["accuracy"], "val_loss": val_metrics["total"], "epoch": epoch,
+                        "val_epe": result.flow_epe,
                         "val_moving_epe": result.flow.get("moving_epe")}
                 # best.pt is for evaluation: without the optimiser state it is a third of the size
                 best_state = checkpoint_state(cfg, classes, model, optimizer, epoch, step, best, frame_size)

@@ -31,6 +31,7 @@ from flowaction.engine.loaders import begin_epoch, clip_spec, loader_of, triplet
 from flowaction.engine.optim import adam_options, clip_gradients, learning_rate
 from flowaction.flow.metrics import FlowErrors, describe_flow_errors
 from flowaction.losses import flow_loss_terms
+from flowaction.models.build import count_parameters
 from flowaction.models.flownet import FlowNet
 from flowaction.models.joint import Normalise
 from flowaction.models.weights import FLOW_WEIGHTS, load_flow_weights, save_flow_weights
@@ -83,6 +84,15 @@ def pretrain_flow(
     Returns the last validation metrics and the wall time.
     """
     out = Path(out)
+    batch_size = cfg.optim.batch_size
+    train_clips = len(cache.split(cfg.data.train_split))
+    if 0 < train_clips < batch_size:  # whole batches only: a batch larger than the split would give no step
+        log(f"the {cfg.data.train_split!r} split has {train_clips} clip(s), fewer than optim.batch_size={batch_size}: "
+            f"each step takes one triplet of every clip ({train_clips} per step)")
+        batch_size = train_clips
+    train = triplet_loader(cfg, cache, cfg.data.train_split, batch_size)
+    val_clips = ClipDataset(cache, cfg.data.val_split, "val", clip_spec(cfg), seed=cfg.seed)
+    val = loader_of(cfg, val_clips, VAL_BATCH, seeded=False)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
     torch.manual_seed(cfg.seed)
@@ -105,9 +115,10 @@ def pretrain_flow(
         step = state["step"]
         restore_rng(state["rng"])
         log(f"resumed from {last} at step {step}")
-    train = triplet_loader(cfg, cache, cfg.data.train_split, cfg.optim.batch_size)
-    val_clips = ClipDataset(cache, cfg.data.val_split, "val", clip_spec(cfg), seed=cfg.seed)
-    val = loader_of(cfg, val_clips, VAL_BATCH, seeded=False)
+    if step == 0:
+        log(f"data: {train_clips} training clips, {len(val_clips)} validation clips ({cache.root}); flow network "
+            f"of width {flow_net.width}, {count_parameters(flow_net):,} parameters; {steps} steps of {batch_size} "
+            f"triplets, validated every {eval_every}; outputs in {out}")
     logger = RunLogger(out, tensorboard=False)
     started, sums, count = time.time(), {"photometric": 0.0, "smoothness": 0.0}, 0
     bar = tqdm(total=steps, initial=step, desc="pretrain-flow", disable=not progress, mininterval=1.0)

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from flowaction.config import LEARNED_INPUTS, to_dict
+from flowaction.files import ensure_writable
 from flowaction.inference.loaded import InferenceModel, load_model, onnx_runner, torch_export_runner
 from flowaction.triplets import num_triplets
 
@@ -104,6 +105,8 @@ def export_model(checkpoint: str | Path, out: str | Path, fmt: str = "onnx", log
         raise ValueError(f"{checkpoint} is an exported file already: export a checkpoint (.pt)")
     graphs = _graphs(model)
     names = {role: out.name if role == "main" else f"{out.stem}.{role}{out.suffix}" for role in graphs}
+    for name in names.values():  # every file writable before the export's work, not after it
+        ensure_writable(out.with_name(name), "export file")
     metadata = json.dumps({"config": to_dict(model.cfg), "classes": model.classes, "frame_size": list(model.frame_size),
                            "input": model.input, "graphs": names, "format": 1})
     out.parent.mkdir(parents=True, exist_ok=True)

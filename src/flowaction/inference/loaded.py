@@ -179,8 +179,8 @@ def load_model(path: str | Path, device: str = "cpu") -> InferenceModel:
         raise FileNotFoundError(f"{path} does not exist")
     if path.suffix.lower() in ONNX_SUFFIXES + TORCH_EXPORT_SUFFIXES:
         return _load_exported(path)
-    loaded = load_model_checkpoint(path)
     dev = resolve_device(device)
+    loaded = load_model_checkpoint(path)
     model = apply_cpu_speedups(loaded.model, loaded.cfg).to(dev).eval()
     return InferenceModel(loaded.cfg, loaded.classes, stored_frame_size(loaded.state, loaded.cfg), "torch", model, dev)
 

@@ -56,12 +56,14 @@ def predict_video(
     k: int = 5,
     timeline: float | None = None,
     save_flow: str | Path | None = None,
+    flow_name: str | None = None,
 ) -> dict[str, Any]:
     """Top-k classes of one video (softmax averaged over ``clips`` uniformly spaced clips).
 
     Args:
         timeline: segment length in seconds: also classify each segment (clips inside it).
         save_flow: a folder: write the flow the model saw on the middle clip as pictures.
+        flow_name: the pictures' name (``NAME_flow.png``, ``.gif``); default the video's stem.
 
     Raises:
         FileNotFoundError, flowaction.data.decode.DecodeError: no such or no decodable video.
@@ -78,11 +80,11 @@ def predict_video(
         "clips": len(starts),
         "top_k": top_k(probs, model.classes, k),
     }
-    if timeline:
+    if timeline is not None:
         result["timeline"] = _timeline(model, frames, fps, timeline, k)
     if save_flow is not None:
         result["flow_pictures"] = write_seen_flow(model, frames, starts[len(starts) // 2], Path(save_flow),
-                                                  Path(path).stem)
+                                                  flow_name or Path(path).stem)
     return result
 
 
@@ -91,10 +93,12 @@ def _timeline(model: InferenceModel, frames: np.ndarray, fps: float, seconds: fl
     if seconds <= 0:
         raise ValueError("--timeline must be > 0 seconds")
     rate = fps if fps > 0 else 25.0  # a stream without a rate: assume 25 frames/s, and say so below
-    per_segment = max(1, int(round(seconds * rate)))
+    per_segment = int(round(seconds * rate))
+    if per_segment < 1:
+        raise ValueError(f"--timeline {seconds} s is shorter than one frame of this video (1/{rate:g} s)")
+    bounds = list(range(0, len(frames), per_segment)) + [len(frames)]
     segments = []
-    for first in range(0, len(frames), per_segment):
-        last = min(first + per_segment, len(frames))
+    for first, last in zip(bounds[:-1], bounds[1:]):
         centres = np.linspace(first, last - 1, max(1, round((last - first) / model.span)))
         starts = sorted({int(min(max(c - model.span // 2, 0), max(len(frames) - model.span, 0))) for c in centres})
         probs = clip_probabilities(model, frames, starts).mean(axis=0)

@@ -29,9 +29,19 @@ class LatestFrameReader(threading.Thread):
     def __init__(self, source: str, lossless: bool = False, realtime: bool = True) -> None:
         super().__init__(daemon=True)
         self.source = source
-        self.capture = cv2.VideoCapture(int(source) if source.isdigit() else source)
+        # OpenCV's own warnings on a source it cannot open (one line per backend tried) would come
+        # before, and say less than, the error below
+        level = cv2.utils.logging.getLogLevel()
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+        try:
+            self.capture = cv2.VideoCapture(int(source) if source.isdigit() else source)
+        finally:
+            cv2.utils.logging.setLogLevel(level)
         if not self.capture.isOpened():
-            hint = " (no such file)" if not source.isdigit() and "://" not in source and not Path(source).exists() else ""
+            if source.isdigit():
+                hint = f" (no camera {source} here, or OpenCV cannot reach it: cameras are numbered from 0)"
+            else:
+                hint = " (no such file)" if "://" not in source and not Path(source).exists() else ""
             raise ValueError(f"cannot open video source {source!r}{hint}")
         self.fps = float(self.capture.get(cv2.CAP_PROP_FPS) or 0.0)
         self.is_file = not source.isdigit() and Path(source).is_file()

@@ -65,6 +65,7 @@ class LoadedModel:
     cfg: Config
     classes: list[str]
     state: dict[str, Any]
+    source: str = ""  # the file it came from
 
 
 def load_model_checkpoint(path: str | os.PathLike) -> LoadedModel:
@@ -80,7 +81,7 @@ def load_model_checkpoint(path: str | os.PathLike) -> LoadedModel:
     model = build_model(cfg, len(state["classes"]))
     load_weights(model, state["model"], path)
     model.eval()
-    return LoadedModel(model, cfg, list(state["classes"]), state)
+    return LoadedModel(model, cfg, list(state["classes"]), state, str(path))
 
 
 def count_parameters(model: nn.Module) -> int:
