@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from flowaction import __version__
-from flowaction.config import Config, ConfigError, nearest, to_dict, valid_keys
+from flowaction.config import Config, ConfigError, flatten, nearest, to_dict, valid_keys
 
 DESCRIPTION = ("flowaction: recognise actions in video with a 3D ResNet on optical flow that a small "
                "network learns inside the model, without flow ground truth.")
@@ -36,10 +36,8 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str):
         match = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
-        if match:
-            near = nearest(match.group(1), re.findall(r"'([^']*)'", match.group(2)))
-            if near:
-                message = f"{message}; did you mean {' or '.join(near)}?"
+        if match and (near := nearest(match.group(1), re.findall(r"'([^']*)'", match.group(2)))):
+            message = f"{message}; did you mean {' or '.join(near)}?"
         super().error(message)
 
     def reject_unknown(self, extra: list[str]) -> None:
@@ -51,10 +49,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _add_overrides(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "overrides", nargs="*", metavar="KEY=VALUE",
-        help="config overrides, e.g. optim.lr=3e-4 model.depth=10 (see `flowaction keys`)",
-    )
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                        help="config overrides, e.g. optim.lr=3e-4 model.depth=10 (see `flowaction keys`)")
 
 
 def _add_run_dir(parser: argparse.ArgumentParser, what: str) -> None:
@@ -142,17 +138,13 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_stream(args: argparse.Namespace) -> int:
-    from flowaction.inference.stream import run_stream
+    from flowaction.inference.stream import describe_stream, run_stream
 
     if args.every < 1:
         raise ValueError("--every must be >= 1")
     summary = run_stream(args.checkpoint, args.source, args.every, args.top_k, args.device,
                          args.as_fast_as_possible, args.show, args.json, args.max_frames)
-    p50, p95 = summary["latency_ms_p50"], summary["latency_ms_p95"]
-    latency = f"latency p50 {p50:.1f} ms, p95 {p95:.1f} ms" if p50 is not None else "no prediction (source too short?)"
-    print(f"{'interrupted' if summary['interrupted'] else 'done'}: {summary['frames_processed']} frames processed of "
-          f"{summary['frames_read']} read ({summary['frames_dropped']} dropped), {summary['predictions']} predictions, "
-          f"{summary['frames_per_second']:.1f} frames/s, {latency}")
+    print(describe_stream(summary))
     return 0
 
 
@@ -166,12 +158,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_keys(args: argparse.Namespace) -> int:
-    defaults = to_dict(Config())
-    for key in valid_keys():
-        node = defaults
-        for part in key.split("."):
-            node = node[part]
-        print(f"{key} = {node!r}")
+    defaults = flatten(to_dict(Config()))
+    print("\n".join(f"{key} = {defaults[key]!r}" for key in valid_keys()))
     return 0
 
 
@@ -188,8 +176,19 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from flowaction.commands.generate import run_generate
+
+    counts = tuple(int(n) for n in args.per_class.split(",")) if re.fullmatch(r"\d+,\d+,\d+", args.per_class) else ()
+    if not counts:
+        raise ValueError(f"--per-class takes three counts TRAIN,VAL,TEST, e.g. 60,10,20; got {args.per_class!r}")
+    run_generate(args.out, args.kind, args.size, args.frames, args.classes, counts, args.seed, args.videos,
+                 args.workers, progress=_progress(args))
+    return 0
+
+
 def _cmd_flow(args: argparse.Namespace) -> int:
-    from flowaction.commands.flow import run_flow
+    from flowaction.commands.flow import describe_flow, run_flow
     from flowaction.data.decode import DecodeError
 
     if args.stride != "train" and not (args.stride.isdigit() and int(args.stride) >= 1):
@@ -204,18 +203,7 @@ def _cmd_flow(args: argparse.Namespace) -> int:
     except DecodeError as error:  # a corrupt or unsupported file is a user error, not a crash
         print(f"flowaction flow: error: {args.video}: cannot decode video: {error}", file=sys.stderr)
         return 2
-
-    def number(value: float | None) -> str:  # None: no pixel stayed inside the frame
-        return "n/a" if value is None else f"{value:.4f}"
-
-    for name, row in summary["methods"].items():
-        print(
-            f"{name:>9}: photometric charbonnier {number(row['charbonnier'])}  l1 {number(row['l1'])}  "
-            f"{row['ms_per_pair']:.2f} ms/pair  mean |flow| {row['mean_speed_px']:.2f} px"
-        )
-    zero = summary["zero_flow"]
-    print(f"zero flow: photometric charbonnier {number(zero['charbonnier'])}  l1 {number(zero['l1'])}")
-    print(f"wrote {summary['num_pairs']} pairs per method under {Path(args.out)} (summary.json, panel.png, GIFs, flo/)")
+    print("\n".join(describe_flow(summary, Path(args.out))))
     return 0
 
 
@@ -358,6 +346,20 @@ def build_parser() -> argparse.ArgumentParser:
                         help="onnx (ONNX Runtime, TensorRT) or torch-export (a .pt2 for torch.export.load)")
     export.add_argument("--out", type=Path, required=True, help="model.onnx or model.pt2 (other graphs beside it)")
     export.set_defaults(func=_cmd_export)
+
+    gen = sub.add_parser("generate", help="a generated benchmark as a clip cache (and as video files)")
+    gen.add_argument("--kind", choices=("actions", "motion"), default="actions",
+                     help="actions: an articulated figure over real photographs, moving camera; motion: rigid shapes")
+    gen.add_argument("--out", type=Path, required=True, help="output folder: OUT/cache, and OUT/videos with --videos")
+    gen.add_argument("--videos", action="store_true", help="also write every clip as OUT/videos/<class>/<split>-N.mp4")
+    gen.add_argument("--size", type=int, default=48, help="frame side in pixels")
+    gen.add_argument("--frames", type=int, default=16, help="frames per clip")
+    gen.add_argument("--classes", type=int, default=0, help="the first N classes (0: all)")
+    gen.add_argument("--per-class", default="60,10,20", metavar="TRAIN,VAL,TEST", help="clips per class and split")
+    gen.add_argument("--seed", type=int, default=0, help="every clip follows from it")
+    gen.add_argument("--workers", type=int, default=0, help="generating processes (0: one per core)")
+    gen.add_argument("--no-progress", action="store_true", help="no progress bar")
+    gen.set_defaults(func=_cmd_generate)
 
     keys = sub.add_parser("keys", help="list every config key with its default")
     keys.set_defaults(func=_cmd_keys)

@@ -23,13 +23,17 @@ class ConfigError(ValueError):
 class SyntheticConfig:
     """The generated benchmark, used when ``data.cache`` is empty."""
 
-    num_classes: int = 8
+    # motion: global motions of rigid textured shapes (8 classes); actions: an articulated figure
+    # acting in front of real photographs, seen by a moving camera (14 classes)
+    kind: str = "motion"
+    num_classes: int = 0  # the first N classes of the kind; 0 = all of them
     size: int = 64
     num_frames: int = 16
     train_per_class: int = 60
     val_per_class: int = 10
     test_per_class: int = 20
     seed: int = 0
+    workers: int = 0  # generating processes; 0 = one per core (large generations only)
 
 
 @dataclass
@@ -167,6 +171,9 @@ class Config:
 MODEL_INPUTS = ("learned", "learned+frames", "frames", "dis", "farneback")
 #: the model inputs whose model holds a flow network (the others classify frames or OpenCV flow)
 LEARNED_INPUTS = ("learned", "learned+frames")
+#: the generated benchmarks (``data.synthetic.kind``) and their class counts
+SYNTHETIC_KINDS = ("motion", "actions")
+SYNTHETIC_CLASSES = {"motion": 8, "actions": 14}
 #: the presets packaged with flowaction (``src/flowaction/configs/<name>.yaml``): ``--config NAME``
 PRESETS = ("demo", "tiny", "pretrain", "own-videos", "ucf101", "hmdb51", "synthetic", "ablation")
 _CHOICES = {
@@ -182,11 +189,12 @@ _CHOICES = {
     "optim.amp": ("off", "bf16", "fp16", "auto"),
     "optim.adam": ("fused", "foreach", "loop"),
     "allocator": ("keep", "system"),
+    "data.synthetic.kind": SYNTHETIC_KINDS,
 }
 _POSITIVE = {
     "data.num_frames", "data.frame_step", "data.crop", "data.test_clips", "model.flow_width",
     "model.triplet_stride", "optim.epochs", "optim.checkpoint_every", "optim.accumulate", "optim.batch_size", "optim.lr",
-    "data.synthetic.num_classes", "data.synthetic.size", "data.synthetic.num_frames",
+    "data.synthetic.size", "data.synthetic.num_frames",
     "data.synthetic.train_per_class", "data.synthetic.val_per_class", "data.synthetic.test_per_class",
 }
 
@@ -281,6 +289,12 @@ def validate(cfg: Config) -> Config:
             raise ConfigError(f"{key} must be > 0, got {flat[key]}")
     if cfg.data.num_frames < 3:
         raise ConfigError("data.num_frames must be >= 3 (one triplet)")
+    synthetic = cfg.data.synthetic
+    if not 0 <= synthetic.num_classes <= SYNTHETIC_CLASSES[synthetic.kind]:
+        raise ConfigError(f"data.synthetic.num_classes must be 0 (all) to {SYNTHETIC_CLASSES[synthetic.kind]} for "
+                          f"data.synthetic.kind={synthetic.kind}, got {synthetic.num_classes}")
+    if synthetic.workers < 0:
+        raise ConfigError("data.synthetic.workers must be >= 0 (0: one per core)")
     if cfg.data.crop > cfg.data.synthetic.size and not cfg.data.cache:
         raise ConfigError(f"data.crop {cfg.data.crop} exceeds data.synthetic.size {cfg.data.synthetic.size}")
     if cfg.model.flow_init != "none" and cfg.model.input not in LEARNED_INPUTS:

@@ -156,3 +156,19 @@ def run_flow(
     }
     atomic_write_json(out / "summary.json", summary)
     return summary
+
+
+def describe_flow(summary: dict, out: Path) -> list[str]:
+    """The lines ``flowaction flow`` prints: each method's photometric errors, time and speed."""
+
+    def number(value: float | None) -> str:  # None: no pixel stayed inside the frame
+        return "n/a" if value is None else f"{value:.4f}"
+
+    lines = [f"{name:>9}: photometric charbonnier {number(row['charbonnier'])}  l1 {number(row['l1'])}  "
+             f"{row['ms_per_pair']:.2f} ms/pair  mean |flow| {row['mean_speed_px']:.2f} px"
+             for name, row in summary["methods"].items()]
+    zero = summary["zero_flow"]
+    lines.append(f"zero flow: photometric charbonnier {number(zero['charbonnier'])}  l1 {number(zero['l1'])}")
+    lines.append(f"wrote {summary['num_pairs']} pairs per method under {out} (summary.json, panel.png, GIFs, flo/)")
+    return lines
+

@@ -176,3 +176,25 @@ def decode_gray(
     if not frames:
         raise DecodeError("no frames decoded")
     return DecodedVideo(np.stack(frames), fps, shape)
+
+
+def write_gray_video(path: str | Path, frames: np.ndarray, fps: float = 25.0) -> Path:
+    """Write gray frames ``(L, H, W)`` uint8 as an MPEG-4 video (``.mp4`` or ``.avi`` by the suffix;
+    odd sizes are padded by a repeated edge row or column, as the codec needs even ones)."""
+    path = Path(path)
+    frames = np.asarray(frames, dtype=np.uint8)
+    height, width = frames.shape[1:]
+    pad = ((0, 0), (0, height % 2), (0, width % 2))
+    frames = np.pad(frames, pad, mode="edge") if any(p[1] for p in pad) else frames
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w", format="mp4" if path.suffix.lower() == ".mp4" else "avi") as container:
+        stream = container.add_stream("mpeg4", rate=int(round(fps)))
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        stream.bit_rate = 4_000_000  # small frames: nearly lossless at this rate
+        for frame in frames:
+            image = av.VideoFrame.from_ndarray(np.repeat(frame[..., None], 3, axis=2), format="rgb24")
+            for packet in stream.encode(image):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path

@@ -1,37 +1,80 @@
-"""Write the generated benchmark into a clip cache, like prepared videos.
+"""Write a generated benchmark (the motion world or the articulated actions) into a clip cache,
+like prepared videos.
 
 The generated clips go through the same shards, index and loaders as real videos; each split is
 written as shards of ``shard_size`` clips, and a cache whose index records the same spec and
-counts is reused instead of regenerated.
+counts is reused instead of regenerated. Every clip has its own random stream, so clips made by
+several processes are the clips one process makes.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import multiprocessing as mp
+import os
 import re
 from pathlib import Path
+from typing import Iterator
 
 from tqdm import tqdm
 
+from flowaction.data.actions import ActionSpec, render_action_clip
 from flowaction.data.cache import INDEX_NAME, ClipCache, ShardWriter, VideoRecord, write_index
-from flowaction.data.synthetic import CLASS_NAMES, SyntheticSpec, generate_split
+from flowaction.data.synthetic import CLASS_NAMES, SyntheticClip, SyntheticSpec, clip_rng, render_clip
 
 SPLITS = ("train", "val", "test")
+PARALLEL_FROM = 400  # clips: fewer are generated in this process (starting workers costs about as much)
+CHUNK = 32  # clips per task of a worker
+
+
+def class_names(spec: SyntheticSpec | ActionSpec) -> list[str]:
+    """The class names of a generated benchmark, in label order."""
+    names = spec.classes if isinstance(spec, ActionSpec) else CLASS_NAMES
+    return list(names[: spec.num_classes])
+
+
+def _render(spec: SyntheticSpec | ActionSpec, split: str, seed: int, index: int) -> SyntheticClip:
+    """Clip ``index`` of a split: label ``index % K``, stream ``clip_rng(seed, split, index)``."""
+    rng = clip_rng(seed, split, index)
+    if isinstance(spec, ActionSpec):
+        return render_action_clip(index % spec.num_classes, rng, spec, split)
+    return render_clip(index % spec.num_classes, rng, spec)
+
+
+def _render_chunk(task: tuple) -> list[SyntheticClip]:
+    spec, split, seed, start, stop = task
+    return [_render(spec, split, seed, index) for index in range(start, stop)]
+
+
+def generate_clips(spec: SyntheticSpec | ActionSpec, split: str, count: int, seed: int,
+                   workers: int = 1) -> Iterator[SyntheticClip]:
+    """The first ``count`` clips of a split in order, rendered by ``workers`` processes."""
+    if workers <= 1 or count < PARALLEL_FROM:
+        for index in range(count):
+            yield _render(spec, split, seed, index)
+        return
+    tasks = [(spec, split, seed, start, min(start + CHUNK, count)) for start in range(0, count, CHUNK)]
+    with mp.get_context("spawn").Pool(workers) as pool:
+        for clips in pool.imap(_render_chunk, tasks):
+            yield from clips
 
 
 def synthetic_cache(
     out_dir: str | Path,
-    spec: SyntheticSpec,
+    spec: SyntheticSpec | ActionSpec,
     clips_per_class: dict[str, int],
     seed: int,
     shard_size: int = 256,
     progress: bool = True,
+    workers: int = 0,
 ) -> ClipCache:
     """Generate (or reuse) the benchmark as a cache in ``out_dir`` and open it.
 
     Args:
+        spec: the motion world's :class:`SyntheticSpec` or the actions' :class:`ActionSpec`.
         clips_per_class: e.g. ``{"train": 60, "val": 10, "test": 20}``.
         shard_size: clips per shard.
+        workers: generating processes (0: one per core); small generations use this process.
     """
     out_dir = Path(out_dir)
     meta = {
@@ -40,19 +83,22 @@ def synthetic_cache(
         "clips_per_class": dict(clips_per_class),
         "seed": seed,
     }
+    if isinstance(spec, ActionSpec):
+        meta["kind"] = "actions"
+    workers = workers or os.cpu_count() or 1
     if (out_dir / INDEX_NAME).is_file() and _is_generated_index(out_dir / INDEX_NAME):
         cache = ClipCache.open(out_dir)
         if _same(cache.index.get("meta", {}), meta):
             return cache
     if out_dir.exists():  # a different or unfinished generation: remove only what generation wrote
         _remove_generated(out_dir)
-    classes = list(CLASS_NAMES[: spec.num_classes])
+    classes = class_names(spec)
     total = sum(clips_per_class.values()) * len(classes)
     bar = tqdm(total=total, desc="generate", unit="clip", disable=not progress, mininterval=1.0)
     for split in SPLITS:
         count = clips_per_class.get(split, 0)
         writer, shard = None, 0
-        for index, clip in enumerate(generate_split(spec, split, count, seed)):
+        for index, clip in enumerate(generate_clips(spec, split, count * len(classes), seed, workers)):
             if writer is None:
                 writer = ShardWriter(out_dir, f"{split}-{shard:05d}", with_flow=True)
             record = VideoRecord(id=f"{split}/{index:06d}", label=int(clip.label), split=split, fps=25.0)

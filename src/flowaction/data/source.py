@@ -3,16 +3,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from flowaction.config import Config
+from flowaction.config import SYNTHETIC_CLASSES, Config
+from flowaction.data.actions import ActionSpec
 from flowaction.data.cache import ClipCache
 from flowaction.data.generate import synthetic_cache
 from flowaction.data.synthetic import SyntheticSpec
 
 
-def synthetic_spec(cfg: Config) -> SyntheticSpec:
-    """The generated benchmark's settings a config names (``data.synthetic``)."""
+def synthetic_spec(cfg: Config) -> SyntheticSpec | ActionSpec:
+    """The generated benchmark's settings a config names (``data.synthetic``): the motion world's
+    or the articulated actions' (``data.synthetic.kind``)."""
     s = cfg.data.synthetic
-    return SyntheticSpec(size=s.size, num_frames=s.num_frames, num_classes=s.num_classes)
+    classes = s.num_classes or SYNTHETIC_CLASSES[s.kind]
+    if s.kind == "actions":
+        return ActionSpec(size=s.size, num_frames=s.num_frames, num_classes=classes)
+    return SyntheticSpec(size=s.size, num_frames=s.num_frames, num_classes=classes)
 
 
 def open_data(cfg: Config, out: str | Path, progress: bool = True) -> ClipCache:
@@ -23,4 +28,4 @@ def open_data(cfg: Config, out: str | Path, progress: bool = True) -> ClipCache:
     s = cfg.data.synthetic
     target = Path(cfg.data.synthetic_dir) if cfg.data.synthetic_dir else Path(out) / "data"
     counts = {"train": s.train_per_class, "val": s.val_per_class, "test": s.test_per_class}
-    return synthetic_cache(target, synthetic_spec(cfg), counts, s.seed, progress=progress)
+    return synthetic_cache(target, synthetic_spec(cfg), counts, s.seed, progress=progress, workers=s.workers)

@@ -175,3 +175,13 @@ def _show(frame: np.ndarray, prediction: Prediction | None, dropped: int) -> boo
     except cv2.error as error:
         raise ValueError(f"--show needs a display and an OpenCV build with GUI support ({error})") from error
     return key not in (ord("q"), 27)
+
+
+def describe_stream(summary: dict) -> str:
+    """The line ``flowaction stream`` ends with: frames, drops, predictions, rate and latency."""
+    p50, p95 = summary["latency_ms_p50"], summary["latency_ms_p95"]
+    latency = f"latency p50 {p50:.1f} ms, p95 {p95:.1f} ms" if p50 is not None else "no prediction (source too short?)"
+    return (f"{'interrupted' if summary['interrupted'] else 'done'}: {summary['frames_processed']} frames processed of "
+            f"{summary['frames_read']} read ({summary['frames_dropped']} dropped), {summary['predictions']} "
+            f"predictions, {summary['frames_per_second']:.1f} frames/s, {latency}")
+
