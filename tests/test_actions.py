@@ -157,7 +157,7 @@ def test_the_actions_go_through_the_cache_like_the_motion_world(tmp_path):
     assert cache.classes == list(ACTION_NAMES) and cache.with_flow and len(cache.split("train")) == 28
     clip = render_action_clip(0, clip_rng(0, "train", 0), ActionSpec(size=40, num_frames=8))
     assert np.array_equal(cache.frames(cache.split("train")[0]), clip.frames)  # the same clip, stored
-    with pytest.raises(ValueError, match="num_classes must be 0"):
+    with pytest.raises(ValueError, match="num_classes must be 0 \\(the default\\) to 14"):
         from_dict({}, ["data.synthetic.kind=actions", "data.synthetic.num_classes=15"])
 
 

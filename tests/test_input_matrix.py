@@ -13,7 +13,7 @@ from flowaction.config import _CHOICES, LEARNED_INPUTS, preset_path, MODEL_INPUT
 
 COMMANDS = ("demo", "train", "eval", "flow", "ablate", "predict", "stream", "export")
 # commands that neither take a checkpoint nor build a classifier from model.input
-WITHOUT_MODEL = {"prepare", "keys", "pretrain-flow"}
+WITHOUT_MODEL = {"prepare", "keys", "pretrain-flow", "generate"}
 TINY = str(preset_path("tiny"))
 
 

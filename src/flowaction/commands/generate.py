@@ -7,7 +7,7 @@ from typing import Callable
 
 from tqdm import tqdm
 
-from flowaction.config import SYNTHETIC_CLASSES, from_dict
+from flowaction.config import SYNTHETIC_DEFAULT_CLASSES, from_dict
 from flowaction.data.decode import write_gray_video
 from flowaction.data.source import synthetic_spec
 from flowaction.data.generate import synthetic_cache
@@ -36,7 +36,7 @@ def run_generate(
     if videos and (out / "videos").is_dir() and any((out / "videos").iterdir()):
         raise FileExistsError(f"{out / 'videos'} holds videos already: give another --out, or remove that folder")
     cache = synthetic_cache(out / "cache", synthetic_spec(cfg), counts, seed, progress=progress, workers=workers)
-    classes = num_classes or SYNTHETIC_CLASSES[kind]
+    classes = num_classes or SYNTHETIC_DEFAULT_CLASSES[kind]
     log(f"generated {len(cache.videos)} clips of {classes} {kind} classes ({size} x {size}, {num_frames} frames) "
         f"into {out / 'cache'}: train with --data {out / 'cache'}")
     written = []

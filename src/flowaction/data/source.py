@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from flowaction.config import SYNTHETIC_CLASSES, Config
+from flowaction.config import SYNTHETIC_DEFAULT_CLASSES, Config
 from flowaction.data.actions import ActionSpec
 from flowaction.data.cache import ClipCache
 from flowaction.data.generate import synthetic_cache
@@ -14,7 +14,7 @@ def synthetic_spec(cfg: Config) -> SyntheticSpec | ActionSpec:
     """The generated benchmark's settings a config names (``data.synthetic``): the motion world's
     or the articulated actions' (``data.synthetic.kind``)."""
     s = cfg.data.synthetic
-    classes = s.num_classes or SYNTHETIC_CLASSES[s.kind]
+    classes = s.num_classes or SYNTHETIC_DEFAULT_CLASSES[s.kind]
     if s.kind == "actions":
         return ActionSpec(size=s.size, num_frames=s.num_frames, num_classes=classes)
     return SyntheticSpec(size=s.size, num_frames=s.num_frames, num_classes=classes)
