@@ -98,7 +98,8 @@ def run_demo(
 def _run_demo_locked(out: Path, cfg: Config, preset: str, resume: bool, progress: bool, log, started: float) -> dict:
     cache = open_data(cfg, out, progress=progress)
     generated = time.time()
-    log(f"data: {len(cache.videos)} clips of {len(cache.classes)} motion classes in {cache.root}")
+    kind = "" if cfg.data.cache else f"{cfg.data.synthetic.kind} "
+    log(f"data: {len(cache.videos)} clips of {len(cache.classes)} {kind}classes in {cache.root}")
     if cfg.model.flow_init == "default":
         log("flow network: starts from the pre-trained network shipped with flowaction (self-supervised on the "
             "generated benchmark); model.flow_init=none trains it from scratch as in the paper")
