@@ -34,10 +34,10 @@ import cv2
 import numpy as np
 import torch
 
-from flowaction.config import Config
+from flowaction.config import SYNTHETIC_DEFAULT_CLASSES, Config
 from flowaction.data.synthetic import SyntheticSpec, clip_rng, render_clip
 from flowaction.flow.classical import ClassicalFlow
-from flowaction.flow.metrics import FlowMetricAccumulator
+from flowaction.flow.metrics import FlowErrors
 from flowaction.inference.video_flow import classical_flows, learned_flows, load_flow_model, video_pairs
 from flowaction.models.flownet import FlowNet
 
@@ -104,8 +104,9 @@ def epe_on_test_split(
     if checkpoint is not None:
         model, cfg = load_flow_model(checkpoint, torch.device("cpu"))
     synthetic = cfg.data.synthetic
-    spec = SyntheticSpec(size=size, num_frames=synthetic.num_frames, num_classes=synthetic.num_classes)
-    accumulators = {name: FlowMetricAccumulator() for name in ("zero", "dis", "farneback", "learned")}
+    classes = synthetic.num_classes or SYNTHETIC_DEFAULT_CLASSES["motion"]
+    spec = SyntheticSpec(size=size, num_frames=synthetic.num_frames, num_classes=classes)
+    errors = FlowErrors(within=(1.0,))  # every method scored on the same pixels
     margin = (size - crop) // 2
     window = (slice(margin, margin + crop), slice(margin, margin + crop))
     pairs = video_pairs(spec.num_frames, 1)
@@ -115,12 +116,16 @@ def epe_on_test_split(
         frames = np.ascontiguousarray(clip.frames[:, window[0], window[1]])
         gt = clip.flow[pairs][..., window[0], window[1]]
         valid = clip.valid[pairs][..., window[0], window[1]]
-        accumulators["zero"].update(np.zeros_like(gt), gt, valid)
-        for method in ("dis", "farneback"):
-            accumulators[method].update(classical_flows(frames, pairs, method), gt, valid)
+        flows = {"zero": np.zeros_like(gt), **{method: classical_flows(frames, pairs, method)
+                                               for method in ("dis", "farneback")}}
         if model is not None:
-            accumulators["learned"].update(learned_flows(model, frames, pairs, batch), gt, valid)
-    metrics = {name: acc.compute() for name, acc in accumulators.items() if acc.count}
+            flows["learned"] = learned_flows(model, frames, pairs, batch)
+        errors.add(torch.from_numpy(gt), torch.from_numpy(valid),
+                   {name: torch.from_numpy(np.ascontiguousarray(flow)) for name, flow in flows.items()})
+    result = errors.result()
+    names = ("zero", "dis", "farneback") + (("learned",) if model is not None else ())
+    metrics = {name: {"epe": result["epe" if name == "learned" else f"{name}_epe"],
+                      "px1": result["px1" if name == "learned" else f"{name}_px1"]} for name in names}
     settings = {"clips": clips, "size": size, "crop": crop, "num_frames": spec.num_frames,
                 "num_classes": spec.num_classes, "seed": synthetic.seed, "pairs_per_clip": len(pairs),
                 "checkpoint": str(checkpoint) if checkpoint else None,

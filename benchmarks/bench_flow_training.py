@@ -5,7 +5,7 @@ The flow network is trained on the unsupervised losses alone (photometric + smoo
 
 - by a **minimal loop**: the same ``FlowNet`` and losses, a constant Adam learning rate, no
   augmentation, a fixed number of random triplets per step drawn from the training clips;
-- through the **project's trainer** (``flowaction.train.train_one_epoch`` with the loader, the
+- through the **project's trainer** (``flowaction.engine.loop.train_one_epoch`` with the loader, the
   augmentation, the schedule and the loss wiring of a real run), as configured, and with each
   suspected cause switched off one at a time (``--runs``).
 

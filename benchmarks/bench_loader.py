@@ -5,7 +5,7 @@ Builds a cache (in a temporary directory) of UCF101-sized stored videos (64 x 85
 
 1. training clips/s out of the cache: ``ClipDataset`` in train mode (random start and crop, colour
    jitter) through a ``DataLoader`` with 0, 1 and 2 worker processes, T = 16, crop 56, batch 8;
-2. the joint model's training clips/s: ``flowaction.train.build_model`` (depth 18), one Adam step
+2. the joint model's training clips/s: ``flowaction.models.build.build_model`` (depth 18), one Adam step
    with the joint loss on random input ``(8, 1, 16, 56, 56)``;
 
 and reports their ratio (how many times faster the loader is than the training step it feeds).

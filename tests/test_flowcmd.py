@@ -1,4 +1,4 @@
-"""The ``flow`` command and :func:`flowaction.flowcmd.estimate_video_flow` on a generated video."""
+"""The ``flow`` command and :func:`flowaction.inference.video_flow.estimate_video_flow` on a generated video."""
 import json
 from fractions import Fraction
 
