@@ -9,7 +9,7 @@ import pytest
 from test_prepare import write_video
 
 from flowaction.cli import build_parser, main
-from flowaction.config import _CHOICES, LEARNED_INPUTS, preset_path, MODEL_INPUTS
+from flowaction.config import _CHOICES, FRAME_INPUTS, LEARNED_INPUTS, preset_path, MODEL_INPUTS
 
 COMMANDS = ("demo", "train", "eval", "flow", "ablate", "predict", "stream", "export")
 # commands that neither take a checkpoint nor build a classifier from model.input
@@ -55,11 +55,15 @@ def test_every_input_through_every_command(model_input, command, demos, video, t
         for name in ("curves.png", "confusion.png", "eval.json"):
             assert (run / name).is_file(), name
         # the flow pictures show the flow the model classified; a frames model has none, and says so
-        assert (run / "flows.png").is_file() == (model_input != "frames")
-        assert metrics["flow_pictures"].startswith("none" if model_input == "frames" else str(run / "flows.png"))
+        # (the oracle's is the ground truth itself, which the benchmark strips already show)
+        pictures = model_input not in FRAME_INPUTS + ("truth",)
+        assert (run / "flows.png").is_file() == pictures
+        assert metrics["flow_pictures"].startswith(str(run / "flows.png") if pictures else "none")
         # the flow the model classified (learned or OpenCV) is scored against the ground truth
-        assert isinstance(metrics.get("flow_moving_epe"), float) == (model_input != "frames")
-        if model_input != "frames":
+        assert isinstance(metrics.get("flow_moving_epe"), float) == (model_input not in FRAME_INPUTS)
+        if model_input == "truth":  # the oracle classifies the ground truth: no error at all
+            assert metrics["flow_epe"] == 0.0 and metrics["flow_moving_epe"] == 0.0
+        if model_input not in FRAME_INPUTS:
             for key in ("flow_epe", "zero_flow_epe", "dis_epe", "zero_flow_moving_epe", "dis_moving_epe"):
                 assert isinstance(metrics[key], float), key
             # moving pixels are a subset of the valid ones, where zero flow is far from right
@@ -82,7 +86,7 @@ def test_every_input_through_every_command(model_input, command, demos, video, t
         metrics = json.loads((run / "metrics.json").read_text())
         assert report["clip_accuracy"] == pytest.approx(metrics["test_accuracy"])
         assert report["mean_class_accuracy"] == pytest.approx(metrics["test_mean_class_accuracy"])
-        if model_input != "frames":
+        if model_input not in FRAME_INPUTS:
             assert report["flow_moving_epe"] == pytest.approx(metrics["flow_moving_epe"], rel=1e-5)
     elif command == "flow":
         out = tmp_path / "flow"
@@ -106,6 +110,14 @@ def test_every_input_through_every_command(model_input, command, demos, video, t
             error = capsys.readouterr().err.strip()
             assert len(error.splitlines()) == 1
             assert f"no flow network (model.input={model_input})" in error
+    elif model_input == "truth" and command in ("predict", "stream", "export"):
+        # videos have no ground-truth flow: refused before any work, with one line naming the cause
+        args = {"predict": ["predict", str(video)], "stream": ["stream", "--source", str(video)],
+                "export": ["export", "--out", str(tmp_path / "model.onnx")]}[command]
+        assert main(args + ["--checkpoint", str(checkpoint)]) == 2
+        error = capsys.readouterr().err.strip()
+        assert len(error.splitlines()) == 1 and "ground-truth flow (model.input=truth" in error
+        assert not list(tmp_path.iterdir())
     elif command == "predict":
         out = tmp_path / "predict.json"
         assert main(["predict", str(video), "--checkpoint", str(checkpoint), "--clips", "2", "--top-k", "3",
@@ -113,8 +125,8 @@ def test_every_input_through_every_command(model_input, command, demos, video, t
         (result,) = json.loads(out.read_text())["videos"]
         assert len(result["top_k"]) == 3
         # the flow the model saw: learned or OpenCV; none for frames, and said so
-        assert bool(result["flow_pictures"]) == (model_input != "frames")
-        if model_input == "frames":
+        assert bool(result["flow_pictures"]) == (model_input not in FRAME_INPUTS)
+        if model_input in FRAME_INPUTS:
             assert "computes no flow" in capsys.readouterr().out
     elif command == "stream":
         lines = tmp_path / "stream.jsonl"

@@ -101,3 +101,40 @@ def test_flow_refine_config_builds_the_refine_level():
     without = build_model(from_dict({}, ["model.depth=10"]), 3)
     assert with_level.flow_net.refine and hasattr(with_level.flow_net, "predict0")
     assert not without.flow_net.refine and not hasattr(without.flow_net, "predict0")
+
+
+def test_one_frame_model_sees_one_repeated_frame_and_nothing_else():
+    from flowaction.models.joint import one_frame
+
+    clips = torch.rand(3, 1, 8, 6, 6)
+    still = one_frame(clips)  # eval: the middle frame
+    assert torch.equal(still, clips[:, :, 4:5].expand_as(clips))
+    torch.manual_seed(0)
+    drawn = one_frame(clips, random=True)  # training: one frame drawn per clip, repeated
+    for b in range(3):
+        frame = drawn[b, :, 0]
+        assert all(torch.equal(drawn[b, :, t], frame) for t in range(8))
+        assert any(torch.equal(frame, clips[b, :, t]) for t in range(8))
+    model = build_joint_model(num_classes=4, depth=10, input="one-frame").eval()
+    # in eval mode every frame but the middle one can change without changing the prediction
+    other = clips.clone()
+    other[:, :, :4] = torch.rand(3, 1, 4, 6, 6)
+    other[:, :, 5:] = torch.rand(3, 1, 3, 6, 6)
+    with torch.no_grad():
+        assert torch.allclose(model(clips)[0], model(other)[0])
+        assert not torch.allclose(model(clips)[0], model(torch.rand(3, 1, 8, 6, 6))[0])
+
+
+def test_truth_model_classifies_the_ground_truth_of_the_triplets_pairs():
+    from flowaction.config import LossWeights
+    from flowaction.engine.step import forward_batch
+
+    model = build_joint_model(num_classes=3, depth=10, triplet_stride=3, input="truth")
+    flow = torch.randn(2, 15, 2, 8, 8)
+    batch = {"frames": torch.rand(2, 1, 16, 8, 8), "label": torch.tensor([0, 2]), "flow": flow,
+             "valid": torch.ones(2, 15, 8, 8, dtype=torch.bool)}
+    logits, flows, _ = forward_batch(model, batch, torch.device("cpu"), LossWeights())
+    assert logits.shape == (2, 3)
+    assert torch.equal(flows, flow[:, [0, 3, 6, 9, 12]].transpose(1, 2))  # pair j*s -> j*s+1
+    with pytest.raises(ValueError, match="ground-truth flow"):
+        forward_batch(model, {k: v for k, v in batch.items() if k != "flow"}, torch.device("cpu"), LossWeights())

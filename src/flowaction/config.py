@@ -167,8 +167,14 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
 
 
-#: what the action network classifies (``model.input``): "learned" is the paper's joint model
-MODEL_INPUTS = ("learned", "learned+frames", "frames", "dis", "farneback")
+#: what the action network classifies (``model.input``): "learned" is the paper's joint model;
+#: "truth" is an oracle on the ground-truth flow (generated data only), "one-frame" the frames model
+#: on a clip of one repeated frame (it can read posture, never motion)
+MODEL_INPUTS = ("learned", "learned+frames", "frames", "one-frame", "dis", "farneback", "truth")
+#: the model inputs whose model classifies frames (no flow at all)
+FRAME_INPUTS = ("frames", "one-frame")
+#: the model inputs whose model classifies flow computed outside the network
+OUTSIDE_FLOW_INPUTS = ("dis", "farneback", "truth")
 #: the model inputs whose model holds a flow network (the others classify frames or OpenCV flow)
 LEARNED_INPUTS = ("learned", "learned+frames")
 #: the generated benchmarks (``data.synthetic.kind``), how many classes each has, and how many a run
@@ -177,7 +183,7 @@ SYNTHETIC_KINDS = ("motion", "actions")
 SYNTHETIC_CLASSES = {"motion": 10, "actions": 14}
 SYNTHETIC_DEFAULT_CLASSES = {"motion": 8, "actions": 14}
 #: the presets packaged with flowaction (``src/flowaction/configs/<name>.yaml``): ``--config NAME``
-PRESETS = ("demo", "tiny", "pretrain", "own-videos", "ucf101", "hmdb51", "synthetic", "ablation")
+PRESETS = ("demo", "actions", "tiny", "pretrain", "own-videos", "ucf101", "hmdb51", "synthetic", "ablation")
 _CHOICES = {
     "model.depth": (10, 18, 34, 50),
     "model.shortcut": ("A", "B"),

@@ -29,6 +29,10 @@ VARIANTS: dict[str, list[str]] = {
     "paper": ["model.flow_grad_scale=1"],
     "learned+frames": ["model.input=learned+frames"],
     "frames": ["model.input=frames"],
+    # controls for a generated benchmark: one repeated frame (posture without motion) and the oracle
+    # on the ground-truth flow (what a perfect flow network would give the same ResNet)
+    "one-frame": ["model.input=one-frame"],
+    "truth": ["model.input=truth"],
     "dis": ["model.input=dis"],
     "farneback": ["model.input=farneback"],
     # no flow loss: the classifier alone shapes the flow; random output layers so it can leave zero flow

@@ -114,7 +114,9 @@ def _run_demo_locked(out: Path, cfg: Config, preset: str, resume: bool, progress
     if pictures:
         flow_pictures = f"{pictures[0]}: the flow the model classified ({cfg.model.input})"
     else:
-        flow_pictures = f"none: model.input={cfg.model.input} classifies frames and computes no flow"
+        flow_pictures = ("none: model.input=truth classifies the ground-truth flow (the benchmark's own)"
+                         if cfg.model.input == "truth" else
+                         f"none: model.input={cfg.model.input} classifies frames and computes no flow")
     log(f"flow pictures: {flow_pictures}")
     metrics = {
         "test_accuracy": report["clip_accuracy"],

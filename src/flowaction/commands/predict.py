@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
+from flowaction.config import FRAME_INPUTS
 from flowaction.data.cache import atomic_write_json
 from flowaction.data.decode import DecodeError
 from flowaction.data.splits import VIDEO_EXTENSIONS
@@ -76,8 +77,8 @@ def run_predict(
     if json_path:
         ensure_writable(json_path, "--json file")  # before the work, not after it
     model = load_model(checkpoint, device)
-    if save_flow is not None and model.input == "frames":
-        log("--save-flow: model.input=frames classifies frames and computes no flow: no flow pictures")
+    if save_flow is not None and model.input in FRAME_INPUTS:
+        log(f"--save-flow: model.input={model.input} classifies frames and computes no flow: no flow pictures")
     names = flow_picture_names(videos)
     results: list[dict] = []
     try:

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from flowaction.checkpoint import load_checkpoint, load_weights, restore_rng, rng_state, save_checkpoint
-from flowaction.config import Config, save_config, to_dict
+from flowaction.config import FRAME_INPUTS, Config, save_config, to_dict
 from flowaction.data.cache import ClipCache, atomic_write_json
 from flowaction.engine import distributed
 from flowaction.engine.device import resolve_amp
@@ -139,7 +139,7 @@ def fit(
     if context.distributed:
         runner = torch.nn.parallel.DistributedDataParallel(
             runner, device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=cfg.optim.flow_pretrain_epochs > 0 or cfg.model.input == "frames")
+            find_unused_parameters=cfg.optim.flow_pretrain_epochs > 0 or cfg.model.input in FRAME_INPUTS)
     if cfg.optim.compile:  # after the DDP wrapper, as PyTorch recommends; the model's weights are shared
         runner = torch.compile(runner)
     logger = RunLogger(out) if context.main else None

@@ -83,6 +83,10 @@ def make_loader(
     ``shuffle``, else in index order; this process's share of ``world``); call
     :func:`begin_epoch` before each epoch. ``val`` and ``test`` loaders go through the split once,
     in order."""
+    if cfg.model.input == "truth" and not (cache.with_flow and cfg.data.frame_step == 1):
+        raise ValueError(f"model.input=truth classifies ground-truth flow: {cache.root} has none"
+                         if not cache.with_flow else "model.input=truth needs data.frame_step=1 (the ground "
+                         "truth relates consecutive frames)")
     precomputed = cfg.model.input in ("dis", "farneback") and cfg.model.classical_on == "clean"
     classical = cfg.model.input if precomputed else None
     if classical:

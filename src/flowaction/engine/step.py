@@ -47,11 +47,11 @@ def model_flows(model: torch.nn.Module, frames: torch.Tensor) -> tuple[str, torc
 
     Returns ``(source, flows (B, 2, N, H, W))`` with ``source`` ``"learned"`` (a flow network),
     ``"dis"`` or ``"farneback"`` (OpenCV flow, computed as at evaluation), or None for a model
-    that sees frames only.
+    that sees frames only or the ground truth (which frames alone do not give).
     """
     if isinstance(model, JointModel):
         return "learned", model.flows(frames)
-    if isinstance(model, PrecomputedFlowModel):
+    if isinstance(model, PrecomputedFlowModel) and model.method != "truth":
         return model.method, stacked_classical_flow(frames, model.triplet_stride, model.method)
     return None
 
@@ -90,7 +90,12 @@ def forward_batch(
         return logits, None, joint_loss(logits, labels, None, frames, 1, weights)
     if isinstance(model, PrecomputedFlowModel):
         count = num_triplets(frames.shape[2], model.triplet_stride)
-        if "classical" in batch:  # precomputed on the clean frames (model.classical_on=clean)
+        if model.method == "truth":  # the oracle: the data's ground-truth flow of the same pairs
+            if "flow" not in batch:
+                raise ValueError("model.input=truth needs data with ground-truth flow (a generated benchmark, "
+                                 "data.frame_step=1)")
+            flows = select_pairs(batch["flow"].to(device), count, model.triplet_stride).transpose(1, 2)
+        elif "classical" in batch:  # precomputed on the clean frames (model.classical_on=clean)
             flows = select_pairs(batch["classical"].to(device), count, model.triplet_stride).transpose(1, 2)
         else:  # on the very input a learned flow network would see: jitter, crop and noise
             noisy = add_input_noise(frames, noise_std).clamp(0.0, 1.0)

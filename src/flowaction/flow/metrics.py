@@ -160,11 +160,11 @@ class FlowErrors:
     def add(self, gt: torch.Tensor, valid: torch.Tensor, flows: dict[str, torch.Tensor]) -> None:
         """gt and each flow ``(M, 2, H, W)`` in pixels (any leading shape); valid ``(M, H, W)`` bool."""
         mask = valid.bool()
-        moving = mask & (torch.linalg.vector_norm(gt.float(), dim=-3) > MOVING_THRESHOLD)
+        moving = mask & (_length(gt.float()) > MOVING_THRESHOLD)
         self._add("valid_pixels", float(mask.sum()))
         self._add("moving_pixels", float(moving.sum()))
         for name, flow in flows.items():
-            error = torch.linalg.vector_norm(flow.detach().float() - gt.float(), dim=-3)
+            error = _length(flow.detach().float() - gt.float())
             prefix = "" if name == "learned" else f"{name}_"
             self._add(f"{prefix}epe", float(error[mask].sum()))
             self._add(f"{prefix}moving_epe", float(error[moving].sum()))
@@ -189,6 +189,13 @@ class FlowErrors:
                 count = self.sums["moving_pixels" if key.endswith("moving_epe") else "valid_pixels"]  # px*: valid
                 out[key] = value / count if count else None
         return out
+
+
+def _length(vectors: torch.Tensor) -> torch.Tensor:
+    """Per-pixel lengths of flow vectors ``(..., 2, H, W)`` -> ``(..., H, W)``, elementwise: a norm
+    reduced over the short, strided component axis is far slower on a CPU
+    (``benchmarks/bench_flow_metrics.py`` measures both)."""
+    return torch.hypot(vectors.select(-3, 0), vectors.select(-3, 1))
 
 
 def flow_summary(errors: dict) -> dict[str, float | None]:

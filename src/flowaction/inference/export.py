@@ -23,7 +23,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from flowaction.config import LEARNED_INPUTS, to_dict
+from flowaction.config import FRAME_INPUTS, LEARNED_INPUTS, to_dict
 from flowaction.files import ensure_writable
 from flowaction.inference.loaded import InferenceModel, load_model, onnx_runner, torch_export_runner
 from flowaction.triplets import num_triplets
@@ -83,7 +83,7 @@ def _graphs(model: InferenceModel) -> dict[str, tuple[torch.nn.Module, dict[str,
             "flow": (_Flows(net), {"triplets": torch.rand(2, 1, 3, c, c, generator=generator)}),
             "classifier": (_Classifier(net), classifier_inputs),
         }
-    if model.input == "frames":
+    if model.input in FRAME_INPUTS:
         return {"main": (_Logits(net), {"frames": frames})}
     return {"main": (_ClassifyFlows(net), {"flows": flows})}
 

@@ -181,6 +181,9 @@ def load_model(path: str | Path, device: str = "cpu") -> InferenceModel:
         return _load_exported(path)
     dev = resolve_device(device)
     loaded = load_model_checkpoint(path)
+    if loaded.cfg.model.input == "truth":
+        raise ValueError(f"{path} classifies ground-truth flow (model.input=truth, an oracle for generated data): "
+                         "videos have none, so it can be evaluated (flowaction eval) but not run on them")
     model = apply_cpu_speedups(loaded.model, loaded.cfg).to(dev).eval()
     return InferenceModel(loaded.cfg, loaded.classes, stored_frame_size(loaded.state, loaded.cfg), "torch", model, dev)
 

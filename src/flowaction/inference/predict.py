@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from flowaction.config import FRAME_INPUTS
 from flowaction.data.clips import clip_starts, frame_indices
 from flowaction.data.decode import decode_gray
 from flowaction.flow.viz import flow_animation, flow_panel
@@ -110,7 +111,7 @@ def _timeline(model: InferenceModel, frames: np.ndarray, fps: float, seconds: fl
 def write_seen_flow(model: InferenceModel, frames: np.ndarray, start: int, out: Path, name: str) -> list[str]:
     """The flows the model classified for the clip at ``start``: ``NAME_flow.png`` (every stacked
     flow) and ``NAME_flow.gif``; ``[]`` for a model that sees frames only."""
-    if model.input == "frames":
+    if model.input in FRAME_INPUTS:
         return []
     clip = frames[frame_indices(start, model.num_frames, model.frame_step, len(frames))]
     pairs = [int(p) for p in pair_starts(len(clip), model.stride)]

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from flowaction.config import FRAME_INPUTS
 from flowaction.inference.loaded import InferenceModel, load_model
 from flowaction.inference.predict import softmax, top_k
 from flowaction.triplets import num_triplets
@@ -108,7 +109,7 @@ class Recognizer:
     def _update_flows(self, newest: int) -> None:
         """Compute the one flow that frame ``newest`` completes, and drop flows no clip needs."""
         model = self.model
-        if model.input == "frames" or model.frame_step != 1:
+        if model.input in FRAME_INPUTS or model.frame_step != 1:
             return  # frames only, or clips that skip frames: flows are computed per clip instead
         if model.has_flow_network:
             first = newest - 2  # triplet (first, first+1, first+2) is complete
@@ -128,7 +129,7 @@ class Recognizer:
     def _clip_logits(self, newest: int) -> np.ndarray:
         model = self.model
         clip = np.stack(list(self.frames))[None]  # (1, T, c, c): the buffer is exactly one clip
-        if model.input == "frames" or model.frame_step != 1:
+        if model.input in FRAME_INPUTS or model.frame_step != 1:
             return model.logits(clip)
         start = newest - model.span + 1
         # (1, 2, N, c, c): the clip's triplet flows, stacked as the classifier reads them

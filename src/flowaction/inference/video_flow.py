@@ -206,8 +206,9 @@ def flow_settings(
     if checkpoint is not None:
         cfg = from_dict(load_checkpoint(checkpoint)["config"])
         if "learned" in methods and cfg.model.input not in LEARNED_INPUTS:
-            reason = (f"{checkpoint} has no flow network (model.input={cfg.model.input}): "
-                      f"its model {'classifies frames' if cfg.model.input == 'frames' else 'reads OpenCV ' + cfg.model.input + ' flow'}")
+            reads = {"dis": "reads OpenCV DIS flow", "farneback": "reads OpenCV Farneback flow",
+                     "truth": "reads the ground-truth flow"}.get(cfg.model.input, "classifies frames")
+            reason = f"{checkpoint} has no flow network (model.input={cfg.model.input}): its model {reads}"
             if len(methods) == 1:
                 raise ValueError(f"{reason}; use --method dis, farneback or all")
             methods = [m for m in methods if m != "learned"]

@@ -12,7 +12,7 @@ from typing import Any
 from torch import nn
 
 from flowaction.checkpoint import load_checkpoint, load_weights
-from flowaction.config import MODEL_INPUTS, Config, from_dict
+from flowaction.config import FRAME_INPUTS, MODEL_INPUTS, OUTSIDE_FLOW_INPUTS, Config, from_dict
 from flowaction.models.flownet import FlowNet
 from flowaction.models.joint import FrameModel, JointModel, PrecomputedFlowModel
 from flowaction.models.resnet3d import resnet3d
@@ -34,9 +34,10 @@ def build_joint_model(
     a :class:`JointModel` for learned inputs, a :class:`FrameModel` or a :class:`PrecomputedFlowModel`."""
     if input not in MODEL_INPUTS:
         raise ValueError(f"unknown model input {input!r}; choose one of {MODEL_INPUTS}")
-    if input == "frames":
-        return FrameModel(resnet3d(depth, in_channels=1, num_classes=num_classes, shortcut=shortcut))
-    if input in ("dis", "farneback"):
+    if input in FRAME_INPUTS:
+        return FrameModel(resnet3d(depth, in_channels=1, num_classes=num_classes, shortcut=shortcut),
+                          still=input == "one-frame")
+    if input in OUTSIDE_FLOW_INPUTS:
         return PrecomputedFlowModel(
             resnet3d(depth, in_channels=2, num_classes=num_classes, shortcut=shortcut), triplet_stride, input
         )

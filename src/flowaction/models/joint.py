@@ -94,16 +94,35 @@ class JointModel(nn.Module):
 
 
 class FrameModel(nn.Module):
-    """Baseline: a 3D ResNet on the gray frames. ``forward`` returns ``(logits, None)``."""
+    """Baseline: a 3D ResNet on the gray frames. ``forward`` returns ``(logits, None)``.
 
-    def __init__(self, action_net: nn.Module) -> None:
+    With ``still`` it sees one frame of each clip repeated over the clip's length (a random frame
+    in training, the middle one in eval mode): posture without motion, the control that shows what
+    a task's single frames give away.
+    """
+
+    def __init__(self, action_net: nn.Module, still: bool = False) -> None:
         super().__init__()
         self.action_net = action_net
         self.normalise = Normalise()
+        self.still = still
 
     def forward(self, frames: torch.Tensor) -> tuple[torch.Tensor, None]:
         _check_frames(frames)
+        if self.still:
+            frames = one_frame(frames, random=self.training)
         return self.action_net(self.normalise(frames)), None
+
+
+def one_frame(frames: torch.Tensor, random: bool = False) -> torch.Tensor:
+    """Clips ``(B, C, T, H, W)`` -> each clip's middle frame (or, with ``random``, one frame drawn
+    per clip from torch's random stream) repeated ``T`` times."""
+    length = frames.shape[2]
+    if not random:
+        return frames[:, :, length // 2 : length // 2 + 1].expand_as(frames)
+    picks = torch.randint(0, length, (frames.shape[0],))
+    rows = torch.arange(frames.shape[0])
+    return frames.transpose(1, 2)[rows, picks.to(frames.device)].unsqueeze(2).expand_as(frames)
 
 
 class PrecomputedFlowModel(nn.Module):
@@ -117,7 +136,8 @@ class PrecomputedFlowModel(nn.Module):
         super().__init__()
         self.action_net = action_net
         self.triplet_stride = triplet_stride
-        self.method = method  # which OpenCV flow feeds it: "dis" or "farneback"
+        # which flow feeds it: "dis" or "farneback" (OpenCV), "truth" (the data's ground truth)
+        self.method = method
 
     def forward(self, flows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.action_net(flows), flows

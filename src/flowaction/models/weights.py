@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from flowaction.checkpoint import load_checkpoint, load_weights, read_torch_file, save_checkpoint
+from flowaction.config import FRAME_INPUTS
 from flowaction.models.flownet import FlowNet
 
 
@@ -89,8 +90,9 @@ def _adapt_first_layer(weight: torch.Tensor, channels: list[str]) -> torch.Tenso
 
 def input_channels(model_input: str) -> list[str]:
     """The kinds of the action network's input channels for a ``model.input``."""
-    return {"frames": ["gray"], "learned": ["flow", "flow"], "dis": ["flow", "flow"], "farneback": ["flow", "flow"],
-            "learned+frames": ["flow", "flow", "gray"]}[model_input]
+    if model_input in FRAME_INPUTS:
+        return ["gray"]
+    return ["flow", "flow", "gray"] if model_input == "learned+frames" else ["flow", "flow"]
 
 
 def initialise_from(model: torch.nn.Module, path: str | Path, model_input: str) -> dict:
