@@ -40,3 +40,35 @@ def test_summary_only_trains_nothing(tmp_path):
     assert main(["ablate", "--runs", "learned", "--seeds", "1", "--summary-only", "--out", str(tmp_path), *TINY]) == 0
     assert not (tmp_path / "runs").exists()
     assert "--summary-only" not in (tmp_path / "results.md").read_text()
+
+
+def test_pair_accuracy_is_the_share_right_within_the_pair():
+    from flowaction.commands.ablate import pair_accuracy
+
+    classes = ["walk", "sit-down", "stand-up"]
+    # sit-down: 6 right, 2 called stand-up, 2 called walk (left out); stand-up: 4 right, 4 called sit-down
+    confusion = [[5, 0, 0], [2, 6, 2], [0, 4, 4]]
+    assert pair_accuracy(confusion, classes, ("sit-down", "stand-up")) == 10 / 16
+    assert pair_accuracy([[1, 0, 0], [0, 0, 0], [0, 0, 0]], classes, ("sit-down", "stand-up")) is None
+
+
+def test_actions_study_reports_each_time_reversed_pair_and_controls_start_fresh(tmp_path):
+    from flowaction.commands.ablate import variant_config
+    from flowaction.config import load_config, preset_path
+
+    base = load_config(preset_path("actions"))
+    assert base.model.flow_init == "actions"  # the joint model starts from a shipped flow network
+    for variant in ("truth", "dis", "frames", "one-frame"):  # no flow network: nothing to start from
+        assert variant_config(base, variant, 0).model.flow_init == "none"
+    assert variant_config(base, "learned", 0).model.flow_init == "actions"
+    out = tmp_path / "study"
+    actions = [a for a in TINY if not a.startswith("data.synthetic.num_classes")] + [
+        "data.synthetic.kind=actions", "data.synthetic.num_classes=0", "data.synthetic.train_per_class=1",
+        "data.synthetic.test_per_class=2"]
+    assert main(["ablate", "--runs", "truth,one-frame", "--seeds", "1", "--out", str(out), *actions]) == 0
+    table = (out / "results.md").read_text()
+    assert "generated actions benchmark" in table
+    assert "| variant | sit-down / stand-up | raise-arms / lower-arms |" in table
+    result = json.loads((out / "runs" / "truth" / "seed0" / "result.json").read_text())
+    assert len(result["classes"]) == 14 and len(result["confusion"]) == 14
+    assert sum(map(sum, result["confusion"])) == 28  # every test video counted once

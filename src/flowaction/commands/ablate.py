@@ -12,8 +12,9 @@ from pathlib import Path
 import matplotlib
 import numpy as np
 
-from flowaction.config import Config, from_dict, load_config, nearest, to_dict
+from flowaction.config import LEARNED_INPUTS, Config, from_dict, load_config, nearest, to_dict
 from flowaction.data.cache import atomic_write_json
+from flowaction.data.poses import TIME_REVERSED_PAIRS
 from flowaction.data.source import open_data
 from flowaction.engine.evaluate import evaluate_checkpoint
 from flowaction.engine.fit import fit
@@ -73,6 +74,11 @@ def variant_config(base: Config, variant: str, seed: int, extra: list[str] | Non
         raise ValueError(f"unknown variant {variant!r}; {hint}(variants: {', '.join(VARIANTS)})")
     half = max(1, base.optim.epochs // 2)
     overrides = [o.format(half=half) for o in VARIANTS[variant]] + [f"seed={seed}"] + list(extra or [])
+    given = dict(o.split("=", 1) for o in overrides)
+    if given.get("model.input", base.model.input) not in LEARNED_INPUTS and "model.flow_init" not in given:
+        # a base that starts its flow network from other weights (the actions preset): these
+        # variants have no flow network, so their ResNet starts fresh as in every other run
+        overrides.append("model.flow_init=none")
     return from_dict(to_dict(base), overrides)
 
 
@@ -92,6 +98,9 @@ def run_one(cfg: Config, cache, run_dir: Path, keep_checkpoints: bool = False, p
         "steps": summary["steps"],
         "parameters": count_parameters(build_model(cfg, len(cache.classes))),
         "train_clips": report.get("train_clips"),
+        "classes": list(cache.classes),
+        "per_class": report["per_class"],
+        "confusion": report["confusion"],
         "config": to_dict(cfg),
     }
     if not keep_checkpoints:
@@ -117,10 +126,49 @@ def _fmt(stat, scale: float = 1.0, digits: int = 1) -> str:
     return f"{stat[0] * scale:.{digits}f} ± {stat[1] * scale:.{digits}f}"
 
 
+def pair_accuracy(confusion: list[list[int]], classes: list[str], pair: tuple[str, str]) -> float | None:
+    """Of the test videos of a pair's two classes that were given one of those two classes, the
+    share given the right one: 0.5 is chance between them (None if no such video)."""
+    a, b = classes.index(pair[0]), classes.index(pair[1])
+    right = confusion[a][a] + confusion[b][b]
+    within = right + confusion[a][b] + confusion[b][a]
+    return right / within if within else None
+
+
+def _data_name(runs: list[dict]) -> str:
+    data = runs[0]["config"]["data"]
+    return "a prepared cache" if data.get("cache") else f"the generated {data['synthetic'].get('kind', 'motion')} benchmark"
+
+
+def _class_tables(results: dict[str, list[dict]]) -> list[str]:
+    """Per-class accuracy and, where the classes hold time-reversed pairs, accuracy within each pair."""
+    scored = {v: [r for r in runs if r.get("confusion")] for v, runs in results.items()}
+    scored = {v: runs for v, runs in scored.items() if runs}
+    if not scored:
+        return []
+    classes = next(iter(scored.values()))[0]["classes"]
+    lines = ["", "## Per class (video accuracy, %, mean over seeds)", "",
+             "| variant | " + " | ".join(classes) + " |", "| --- |" + " --- |" * len(classes)]
+    for variant, runs in scored.items():
+        cells = [_fmt(_stats([r["per_class"][i] for r in runs]), 100, 0) for i in range(len(classes))]
+        lines.append(f"| {variant} | " + " | ".join(cells) + " |")
+    pairs = [pair for pair in TIME_REVERSED_PAIRS if set(pair) <= set(classes)]
+    if pairs:
+        lines += ["", "## Within each time-reversed pair (%, chance 50)", "",
+                  "Of a pair's test videos given one of its two classes, the share given the right one. Every",
+                  "single frame of one class has the distribution of the other's: only motion separates them.",
+                  "", "| variant | " + " | ".join(" / ".join(p) for p in pairs) + " |", "| --- |" + " --- |" * len(pairs)]
+        for variant, runs in scored.items():
+            cells = [_fmt(_stats([pair_accuracy(r["confusion"], r["classes"], p) for r in runs]), 100) for p in pairs]
+            lines.append(f"| {variant} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def summarise(results: dict[str, list[dict]], sweep: dict[str, dict[int, list[dict]]], out: Path, command: str) -> None:
     """Write ``results.md``, ``ablation.png`` and (if any) ``sample_efficiency.png``."""
+    first = [runs for runs in results.values() if runs] + [r for by in sweep.values() for r in by.values() if r]
     lines = [
-        "# Ablation on the generated motion benchmark",
+        f"# Ablation on {_data_name(first[0]) if first else 'the generated benchmark'}",
         "",
         f"Regenerate with: `{command}`",
         "",
@@ -143,6 +191,7 @@ def summarise(results: dict[str, list[dict]], sweep: dict[str, dict[int, list[di
             + f"{_fmt(_stats([r['photometric_l1'] for r in runs]), 100, 2)} | "
             f"{_fmt(_stats([r['train_seconds'] for r in runs]), 1, 0)} | {runs[0]['parameters']:,} |"
         )
+    lines += _class_tables(results)
     if sweep:
         lines += ["", "## Sample efficiency (test clip accuracy, %, by training clips per class)", ""]
         sizes = sorted({n for by_size in sweep.values() for n in by_size})
