@@ -4,7 +4,8 @@ much of it moves, and how far OpenCV's DIS and zero flow are from the truth on t
 For each class, ``--clips`` clips of the training split are rendered twice: without the brightness
 drift and noise (to check that frame t+1 warped back by the ground-truth flow is frame t on the
 valid pixels away from layer edges) and as the benchmark makes them (DIS on those frames). EPE is over moving valid pixels
-(|flow| > 0.1 px). Also draws one clip per class (frames, ground-truth flow, DIS) into
+(|flow| > 0.1 px). Also draws one test clip per class (frames, ground-truth flow, the learned flow of ``--flow-weights``,
+DIS) into
 ``docs/actions/strip.png``. Run::
 
     .venv/bin/python benchmarks/bench_actions.py --clips 8 --out benchmarks/results/actions.json
@@ -27,6 +28,9 @@ from flowaction.data.synthetic import clip_rng
 from flowaction.flow.classical import clip_classical_flow
 from flowaction.flow.metrics import MOVING_THRESHOLD
 from flowaction.flow.viz import flow_panel
+from flowaction.models.flownet import FlowNet
+from flowaction.models.joint import Normalise
+from flowaction.models.weights import load_flow_weights
 from flowaction.warp import backward_warp
 
 
@@ -57,18 +61,31 @@ def measure(label: int, clips: int, size: int) -> dict:
             "zero_moving_epe": float(np.mean(zero))}
 
 
-def strip(path: Path, size: int) -> None:
+def learned_flow(flow_net: FlowNet, frames: np.ndarray) -> np.ndarray:
+    """The flow network's flow ``(2, H, W)`` of pair 0 -> 1 of a triplet ``(3, H, W)`` uint8."""
+    x = torch.from_numpy(frames.astype(np.float32) / 255.0)[None, None]
+    with torch.no_grad():
+        return flow_net(Normalise()(x))[0].numpy()
+
+
+def strip(path: Path, size: int, flow_weights: str) -> None:
+    """One clip of the test split per class (held-out photographs): two frames, the true flow,
+    the learned flow and DIS of the pair t -> t+1."""
+    flow_net = FlowNet()
+    load_flow_weights(flow_net, flow_weights)
+    flow_net.eval()
     rows, labels = [], []
     for label, name in enumerate(ACTION_NAMES):
-        clip = render_action_clip(label, clip_rng(1, "train", label), ActionSpec(size=size))
+        clip = render_action_clip(label, clip_rng(1, "test", label), ActionSpec(size=size), split="test")
         t = len(clip.flow) // 2
         rows.append({"frame t": clip.frames[t], "frame t+7": clip.frames[min(t + 7, len(clip.frames) - 1)],
                      "ground truth": np.where(clip.valid[t], clip.flow[t], 0.0),
+                     "learned": learned_flow(flow_net, clip.frames[t:t + 3]),
                      "DIS": clip_classical_flow(clip.frames[t:t + 2], "dis")[0]})
         labels.append(name)
     path.parent.mkdir(parents=True, exist_ok=True)
-    flow_panel(path, rows, row_labels=labels, title="one clip per class (invalid pixels of the truth set to 0)",
-               cell_inches=1.3)
+    flow_panel(path, rows, row_labels=labels, cell_inches=1.3,
+               title=f"one test clip per class (invalid pixels of the truth set to 0; learned: {flow_weights})")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=48)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/actions.json"))
     parser.add_argument("--picture", type=Path, default=Path("docs/actions/strip.png"))
+    parser.add_argument("--flow-weights", default="actions",
+                        help="the flow network of the strip's learned column (default: the shipped actions network)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     results = {name: measure(label, args.clips, args.size) for label, name in enumerate(ACTION_NAMES)}
@@ -88,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"clips_per_class": args.clips, "size": args.size, "threads": 1,
                                     "torch": torch.__version__, "classes": results}, indent=1))
-    strip(args.picture, args.size)
+    strip(args.picture, args.size, args.flow_weights)
     print(f"wrote {args.out} and {args.picture}")
     return 0
 

@@ -89,6 +89,24 @@ def test_default_flow_network_ships_and_loads():
     assert meta["steps"] > 0 and "command" in meta
 
 
+def test_actions_flow_network_ships_loads_and_differs_from_the_default():
+    from flowaction.models.weights import SHIPPED_FLOW, shipped_flow_weights
+
+    assert set(SHIPPED_FLOW) == {"default", "actions"}
+    nets = {}
+    for name in SHIPPED_FLOW:
+        assert shipped_flow_weights(name).is_file(), name
+        nets[name] = FlowNet(width=16)
+        meta = load_flow_weights(nets[name], name)
+        assert meta["steps"] > 0 and meta["command"].startswith("flowaction pretrain-flow")
+    assert "data.synthetic.kind=actions" in load_checkpoint(shipped_flow_weights("actions"))["meta"]["command"]
+    triplet = torch.rand(1, 1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert not torch.allclose(nets["default"](triplet), nets["actions"](triplet))
+    # a run starts from it by name
+    assert from_dict({}, ["model.flow_init=actions"]).model.flow_init == "actions"
+
+
 def test_pretrain_flow_on_a_folder_of_videos(tmp_path):
     from test_prepare import write_video
 

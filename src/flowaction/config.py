@@ -80,7 +80,8 @@ class ModelConfig:
     # (their state_dict layout); what does not fit (e.g. another number of classes) stays fresh
     init: str = ""
     # where the flow network starts: none (random, the paper's from-scratch training), default
-    # (the pre-trained network shipped in the package) or the path of a flownet.pt / run checkpoint
+    # (the pre-trained network shipped in the package), actions (the shipped one continued on the
+    # action benchmark's photographs) or the path of a flownet.pt / run checkpoint
     flow_init: str = "none"
     # dis / farneback inputs: "input" computes OpenCV flow on exactly the frames the learned flow
     # network sees (jittered, cropped, with the Gaussian noise), "clean" reads it precomputed from

@@ -100,9 +100,10 @@ def _run_demo_locked(out: Path, cfg: Config, preset: str, resume: bool, progress
     generated = time.time()
     kind = "" if cfg.data.cache else f"{cfg.data.synthetic.kind} "
     log(f"data: {len(cache.videos)} clips of {len(cache.classes)} {kind}classes in {cache.root}")
-    if cfg.model.flow_init == "default":
-        log("flow network: starts from the pre-trained network shipped with flowaction (self-supervised on the "
-            "generated benchmark); model.flow_init=none trains it from scratch as in the paper")
+    if cfg.model.flow_init in ("default", "actions"):
+        trained_on = "generated motion benchmark" if cfg.model.flow_init == "default" else "action benchmark's photographs"
+        log(f"flow network: starts from the pre-trained network shipped with flowaction (self-supervised on the "
+            f"{trained_on}); model.flow_init=none trains it from scratch as in the paper")
     elif cfg.model.flow_init != "none":
         log(f"flow network: starts from {cfg.model.flow_init}")
     summary = fit(cfg, cache, out, resume=resume, progress=progress, log=log)

@@ -35,9 +35,20 @@ FLOW_WEIGHTS = "flownet.pt"
 FLOW_KIND = "flownet"
 
 
+#: the flow networks shipped with the package, by ``model.flow_init`` name (docs/flow.md gives the
+#: command, data and figures of each): ``default``, self-supervised on the generated motion
+#: benchmark; ``actions``, that network continued on the articulated-action benchmark's photographs
+SHIPPED_FLOW = {"default": "flownet-default.pt", "actions": "flownet-actions.pt"}
+
+
+def shipped_flow_weights(name: str) -> Path:
+    """The file of a shipped flow network (a name of :data:`SHIPPED_FLOW`)."""
+    return Path(str(resources.files("flowaction") / "weights" / SHIPPED_FLOW[name]))
+
+
 def default_flow_weights() -> Path:
-    """The flow network shipped with the package (docs/flow.md gives the command, data and figures)."""
-    return Path(str(resources.files("flowaction") / "weights" / "flownet-default.pt"))
+    """The flow network shipped with the package as ``model.flow_init=default``."""
+    return shipped_flow_weights("default")
 
 
 def save_flow_weights(path: str | os.PathLike, flow_net: FlowNet, meta: dict[str, Any]) -> None:
@@ -48,9 +59,9 @@ def save_flow_weights(path: str | os.PathLike, flow_net: FlowNet, meta: dict[str
 
 
 def load_flow_weights(flow_net: FlowNet, source: str | os.PathLike) -> dict:
-    """Load ``source`` (``default``, a ``flownet.pt`` or a joint-model checkpoint) into
+    """Load ``source`` (a name of :data:`SHIPPED_FLOW`, a ``flownet.pt`` or a joint-model checkpoint) into
     ``flow_net`` strictly. Raises ValueError naming the mismatch (e.g. another width)."""
-    path = default_flow_weights() if str(source) == "default" else Path(source)
+    path = shipped_flow_weights(str(source)) if str(source) in SHIPPED_FLOW else Path(source)
     state = load_checkpoint(path)
     if state.get("kind") == FLOW_KIND:
         weights, width = state["model"], state["flow_width"]
