@@ -216,3 +216,22 @@ def test_bad_sources_are_one_clear_line(trained, tmp_path, capsys):
         assert main(argv) == 2, argv
         error = capsys.readouterr().err.strip()
         assert len(error.splitlines()) == 1 and message in error, (argv, error)
+
+
+def test_onnx_sessions_share_the_machine(monkeypatch):
+    """ONNX Runtime's worker threads sleep after a run instead of spinning on the cores, one
+    inter-op thread, and the intra-op count follows torch's unless FLOWACTION_ORT_THREADS says."""
+    pytest.importorskip("onnxruntime")
+    from flowaction.inference.loaded import ORT_THREADS_ENV, onnx_session_options
+
+    monkeypatch.delenv(ORT_THREADS_ENV, raising=False)
+    options = onnx_session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert options.get_session_config_entry("session.inter_op.allow_spinning") == "0"
+    assert options.intra_op_num_threads == torch.get_num_threads() and options.inter_op_num_threads == 1
+    monkeypatch.setenv(ORT_THREADS_ENV, "3")
+    assert onnx_session_options().intra_op_num_threads == 3
+    assert onnx_session_options(threads=1).intra_op_num_threads == 1
+    monkeypatch.setenv(ORT_THREADS_ENV, "two")
+    with pytest.raises(ValueError, match="FLOWACTION_ORT_THREADS='two'"):
+        onnx_session_options()

@@ -8,6 +8,7 @@ centre-cropped to ``data.crop`` and scaled to [0, 1].
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -222,12 +223,37 @@ def read_export_metadata(path: Path) -> dict:
     return json.loads(text)
 
 
-def onnx_runner(path: Path) -> Callable[..., np.ndarray]:
+#: ONNX Runtime's threads per graph (an environment variable; default: torch's thread count)
+ORT_THREADS_ENV = "FLOWACTION_ORT_THREADS"
+
+
+def onnx_session_options(threads: int | None = None):
+    """ONNX Runtime session options for a machine that runs other work too (a robot's other
+    models, a second camera): ``threads`` intra-op threads (default ``$FLOWACTION_ORT_THREADS``,
+    else torch's thread count), one inter-op thread, sequential execution, and worker threads that
+    sleep when a run ends instead of spin-waiting on the cores."""
+    import onnxruntime as ort
+
+    if threads is None:
+        text = os.environ.get(ORT_THREADS_ENV, "").strip()
+        if text and not (text.isdigit() and int(text) > 0):
+            raise ValueError(f"{ORT_THREADS_ENV}={text!r}: give a whole number of threads >= 1")
+        threads = int(text) if text else torch.get_num_threads()
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = int(threads)
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    return options
+
+
+def onnx_runner(path: Path, threads: int | None = None) -> Callable[..., np.ndarray]:
     try:
         import onnxruntime as ort
     except ImportError as error:
         raise ValueError("running an ONNX file needs onnxruntime: pip install 'flowaction[export]'") from error
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(path), onnx_session_options(threads), providers=["CPUExecutionProvider"])
     return lambda **feed: session.run(None, feed)[0]
 
 
