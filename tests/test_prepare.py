@@ -18,7 +18,7 @@ from flowaction.data import decode as decode_mod
 from flowaction.data.cache import INDEX_NAME, ClipCache, finished_shards
 from flowaction.data.decode import DecodeError, decode_gray, frame_size_for
 from flowaction.data.prepare import prepare
-from flowaction.data.splits import SplitError, folder_splits, load_splits, ucf101_splits
+from flowaction.data.splits import UNLABELED_CLASS, SplitError, folder_splits, load_splits, ucf101_splits, unlabeled_splits
 
 UCF_CLASSES = ["ApplyEyeMakeup", "Basketball", "HandstandPushups"]
 UCF_FILE_NAME = {"HandstandPushups": "HandStandPushups"}  # the real set's spelling difference
@@ -166,6 +166,20 @@ def _folder_tree(root: Path) -> None:
     for i, name in enumerate(["x.mp4", "y.MP4", "z.avi"]):
         write_video(root / "wave" / name, 10, seed=10 + i)
     (root / "wave" / "notes.txt").write_text("not a video")
+
+
+def test_unlabeled_splits_take_every_video_at_any_depth(tmp_path):
+    for path in ("a.mp4", "b.AVI", "notes.txt", "cls/c.mp4", "cls/deeper/d.mkv", ".hidden/e.mp4"):
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_bytes(b"")
+    plan = unlabeled_splits(tmp_path, val_fraction=0.25)
+    assert plan.classes == [UNLABELED_CLASS]
+    assert sorted(e.path for e in plan.entries) == ["a.mp4", "b.AVI", "cls/c.mp4", "cls/deeper/d.mkv"]
+    assert [e.split for e in plan.entries].count("val") == 1
+    assert plan == load_splits("unlabeled", tmp_path, None, 1, 0.25, min_classes=1)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SplitError, match="no video"):
+        unlabeled_splits(tmp_path / "empty")
 
 
 def test_folder_splits_and_lists(tmp_path):

@@ -1,5 +1,6 @@
 """pretrain-flow end to end, resume, and model.flow_init loading."""
 import csv
+import json
 
 import pytest
 import torch
@@ -121,6 +122,26 @@ def test_pretrain_flow_on_a_folder_of_videos(tmp_path):
     assert len(val) == 2 and float(val[-1]["val_photometric"]) > 0
     assert "epe" not in val[-1] or val[-1]["epe"] == ""  # real videos carry no ground truth
     assert load_checkpoint(out / "flownet.pt")["meta"]["steps"] == 4
+
+
+def test_pretrain_flow_on_a_flat_folder_of_unlabeled_clips_and_a_joint_run_starts_from_it(tmp_path):
+    from test_prepare import write_video
+
+    # the case the command exists for: clips in one folder, no classes (and one more a level down)
+    for i in range(2):
+        write_video(tmp_path / "clips" / f"clip{i}.mp4", 20, seed=i)
+    write_video(tmp_path / "clips" / "more" / "clip2.mp4", 20, seed=2)
+    out = tmp_path / "pre"
+    assert main(["pretrain-flow", "--videos", str(tmp_path / "clips"), "--out", str(out), "--steps", "2",
+                 "--eval-every", "1", "--no-progress", "optim.batch_size=2", "model.flow_width=8", "threads=1"]) == 0
+    index = json.loads((out / "cache" / "index.json").read_text())
+    assert sorted(v["id"] for v in index["videos"]) == ["clip0.mp4", "clip1.mp4", "more/clip2.mp4"]
+    saved = load_checkpoint(out / "flownet.pt")["model"]
+    cfg = from_dict({}, TINY + [f"model.flow_init={out / 'flownet.pt'}", "optim.steps=1", "optim.lr=1e-12",
+                                f"data.synthetic_dir={tmp_path / 'tiny'}", "threads=1"])
+    fit(cfg, open_data(cfg, tmp_path), tmp_path / "run", progress=False, log=lambda *_: None)
+    state = load_checkpoint(tmp_path / "run" / "last.pt")["model"]
+    assert torch.allclose(state["flow_net.stem.weight"], saved["stem.weight"], atol=1e-6)
 
 
 def test_pretrain_flow_continues_from_flow_init(tmp_path):

@@ -308,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     pre = sub.add_parser("pretrain-flow", help="train the flow network alone on unlabeled video (flow losses only)")
     pre.add_argument("--data", type=Path, default=None, help="a prepared cache (default: the generated benchmark)")
-    pre.add_argument("--videos", type=Path, default=None, help="a folder of videos (ROOT/<any>/<video>), prepared first")
+    pre.add_argument("--videos", type=Path, default=None, help="a folder of videos at any depth, prepared first")
     pre.add_argument("--out", type=Path, required=True, help="output directory (flownet.pt, curves.png, metrics.csv)")
     pre.add_argument("--config", type=Path, default=None, help="YAML config (default: the packaged pretrain preset)")
     pre.add_argument("--steps", type=int, default=3000, help="optimiser steps")

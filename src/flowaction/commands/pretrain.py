@@ -41,8 +41,8 @@ def run_pretrain(
     claim_run_dir(out, resume, overwrite, delete_old)
     with run_lock(out):
         if videos:
-            # the flow losses need no labels: one folder of videos is enough
-            prepare("folder", videos, out / "cache", workers=1, progress=progress, log=log, min_classes=1)
+            # the flow losses need no labels: every video under the folder, flat, nested or per class
+            prepare("unlabeled", videos, out / "cache", workers=1, progress=progress, log=log, min_classes=1)
         cache = open_data(cfg, out, progress=progress)
         return pretrain_flow(cfg, cache, out, steps, eval_every, resume=resume, progress=progress, log=log,
                              command=command)

@@ -120,7 +120,8 @@ def prepare(
     """Decode the videos of a data set into the clip cache ``out``; resumable. Returns the report.
 
     Args:
-        kind: ``ucf101``, ``hmdb51`` or ``folder``.
+        kind: ``ucf101``, ``hmdb51``, ``folder`` or ``unlabeled`` (every video under ``root``,
+            at any depth, as one class: for flow pre-training).
         splits_dir: the official split files (UCF101 / HMDB51); found near ``root`` if omitted.
         split: official split 1-3.
         workers: decoding processes; 0 starts one per core, 1 decodes in this process.
@@ -254,7 +255,7 @@ def _finish(plan: SplitPlan, out: Path, kind: str, root: Path, split: int, setti
         return [chosen[key] for key in sorted(chosen)]
 
     meta = {
-        "source": kind, "kind": kind, "root": str(root.resolve()), "split": split if kind != "folder" else None,
+        "source": kind, "kind": kind, "root": str(root.resolve()), "split": split if kind in ("ucf101", "hmdb51") else None,
         "frame_size": list(settings.size), "min_frames": settings.min_frames,
     }
     if not finished_shards(out):

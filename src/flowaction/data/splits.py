@@ -20,6 +20,7 @@ import hashlib
 import re
 from collections import defaultdict
 from dataclasses import dataclass, replace
+import os
 from pathlib import Path, PurePosixPath
 from typing import Callable, Iterable
 
@@ -223,6 +224,28 @@ def ucf101_group(entry: VideoEntry) -> str:
     return f"g{int(match.group(1)):02d}" if match else entry.path
 
 
+#: the one class of an unlabeled plan (flow pre-training needs no labels)
+UNLABELED_CLASS = "video"
+
+
+def unlabeled_splits(root: Path, val_fraction: float = 0.2, seed: int = 0) -> SplitPlan:
+    """Every video anywhere under ``root`` (flat, nested or a folder per class; hidden folders
+    skipped) as one class, ``val_fraction`` of them in ``val``: data for the flow losses, which
+    need no labels."""
+    root = Path(root)
+    if not root.is_dir():
+        raise SplitError(f"video root {root} does not exist")
+    paths = []
+    for folder, subfolders, _ in os.walk(root):
+        subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
+        relative = Path(folder).relative_to(root)
+        paths += [(relative / name).as_posix() for name in _videos_in(Path(folder))]
+    if not paths:
+        raise SplitError(f"no video ({', '.join(VIDEO_EXTENSIONS)}) anywhere under {root}")
+    entries = [VideoEntry(path, UNLABELED_CLASS, "train") for path in sorted(paths)]
+    return SplitPlan([UNLABELED_CLASS], carve_val(entries, val_fraction, seed))
+
+
 def folder_splits(
     root: Path,
     val_fraction: float = 0.2,
@@ -283,7 +306,7 @@ def load_splits(
     test_fraction: float = 0.0,
     min_classes: int = 2,
 ) -> SplitPlan:
-    """The plan of any supported ``kind`` (``ucf101``, ``hmdb51``, ``folder``).
+    """The plan of any supported ``kind`` (``ucf101``, ``hmdb51``, ``folder``, ``unlabeled``).
 
     An action classifier needs two classes at least: a plan with fewer than ``min_classes`` is
     refused (1 suits the flow losses alone, which need no labels).
@@ -302,8 +325,10 @@ def load_splits(
         plan = SplitPlan(plan.classes, carve_val(plan.entries, val_from_train, seed, group=group))
     elif kind == "folder":
         plan = folder_splits(root, val_fraction, seed, train_list, val_list, test_fraction)
+    elif kind == "unlabeled":
+        plan = unlabeled_splits(root, val_fraction, seed)
     else:
-        raise SplitError(f"unknown data set kind {kind!r}: ucf101, hmdb51 or folder")
+        raise SplitError(f"unknown data set kind {kind!r}: ucf101, hmdb51, folder or unlabeled")
     if len(plan.classes) < min_classes:
         found = f"only {plan.classes[0]!r}" if plan.classes else "none"
         raise SplitError(f"{root} has {len(plan.classes)} class with videos ({found}): an action classifier "
