@@ -61,6 +61,8 @@ def test_actions_study_reports_each_time_reversed_pair_and_controls_start_fresh(
     for variant in ("truth", "dis", "frames", "one-frame"):  # no flow network: nothing to start from
         assert variant_config(base, variant, 0).model.flow_init == "none"
     assert variant_config(base, "learned", 0).model.flow_init == "actions"
+    paper = variant_config(base, "paper", 0).model  # the paper's training: from scratch, whole gradient
+    assert (paper.flow_init, paper.flow_grad_scale) == ("none", 1.0)
     out = tmp_path / "study"
     actions = [a for a in TINY if not a.startswith("data.synthetic.num_classes")] + [
         "data.synthetic.kind=actions", "data.synthetic.num_classes=0", "data.synthetic.train_per_class=1",

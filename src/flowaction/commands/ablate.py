@@ -24,10 +24,11 @@ from flowaction.plots import save_figure
 # variant name -> config overrides (the two-stage split is filled in from the epoch count)
 VARIANTS: dict[str, list[str]] = {
     # the joint model as fixed here (a tenth of the classifier's gradient into the flow network),
-    # from scratch and from the shipped self-supervised flow network; and as the paper trains it
+    # from the base config's start and from the shipped self-supervised flow network; and as the
+    # paper trains it: from scratch, the whole classifier gradient
     "learned": [],
     "learned-pretrained": ["model.flow_init=default"],
-    "paper": ["model.flow_grad_scale=1"],
+    "paper": ["model.flow_grad_scale=1", "model.flow_init=none"],
     "learned+frames": ["model.input=learned+frames"],
     "frames": ["model.input=frames"],
     # controls for a generated benchmark: one repeated frame (posture without motion) and the oracle
