@@ -170,7 +170,7 @@ def evaluate_checkpoint(
     model = apply_cpu_speedups(loaded.model, cfg).to(dev)
     if loaded.classes != list(cache.classes):
         raise ValueError(f"the checkpoint's classes differ from the cache's ({loaded.source} vs {cache.root})")
-    loader = make_loader(cfg, cache, split, mode)
+    loader = make_loader(cfg, cache, split, mode, device=dev)
     result = run_evaluation(model, loader, dev, cfg.loss, progress, desc=split)
     report = {
         "split": split,

@@ -105,9 +105,9 @@ def fit(
         model.action_net.to(memory_format=torch.channels_last_3d)  # the convolutions follow the weights' layout
     optimizer = build_optimizer(cfg, model)
     train_loader = make_loader(cfg, cache, cfg.data.train_split, "train", shuffle=True,
-                               rank=context.rank, world=context.world)
+                               rank=context.rank, world=context.world, device=device)
     check_training_data(cache, train_loader.dataset.videos, cfg.data.train_split)
-    val_loader = make_loader(cfg, cache, cfg.data.val_split, "val")
+    val_loader = make_loader(cfg, cache, cfg.data.val_split, "val", device=device)
     start_epoch, step, best = 0, 0, {"val_accuracy": -1.0, "epoch": -1}
     partial = None
     last_path = out / "last.pt"

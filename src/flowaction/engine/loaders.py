@@ -54,9 +54,16 @@ def check_training_data(cache: ClipCache, train_videos: list[int], split: str) -
                          "needs training videos (add some, or prepare without that class folder)")
 
 
+def pins_memory(device: torch.device | str | None) -> bool:
+    """Whether a loader feeding ``device`` pins its batches: only for a CUDA device, whose copies
+    from pinned memory run without blocking (on a CPU, pinning is a wasted copy)."""
+    return device is not None and torch.device(device).type == "cuda"
+
+
 def loader_of(cfg: Config, dataset: ClipDataset, batch_size: int, sampler: EpochSampler | None = None,
-              drop_last: bool = False, seeded: bool = True) -> DataLoader:
-    """A ``DataLoader`` over ``dataset`` with the config's workers.
+              drop_last: bool = False, seeded: bool = True, device: torch.device | str | None = None) -> DataLoader:
+    """A ``DataLoader`` over ``dataset`` with the config's workers, pinning memory when it feeds
+    a CUDA ``device`` (None: the CPU).
 
     ``seeded``: the loader's own generator seeds its workers, so starting an epoch's iterator does
     not draw from the global random stream (the input noise) and a run resumed mid-epoch draws as
@@ -69,15 +76,17 @@ def loader_of(cfg: Config, dataset: ClipDataset, batch_size: int, sampler: Epoch
         num_workers=cfg.data.num_workers,
         drop_last=drop_last,
         persistent_workers=cfg.data.num_workers > 0,
-        pin_memory=torch.cuda.is_available(),
+        pin_memory=pins_memory(device),
         generator=torch.Generator().manual_seed(cfg.seed) if seeded else None,
     )
 
 
 def make_loader(
-    cfg: Config, cache: ClipCache, split: str, mode: str, shuffle: bool = False, rank: int = 0, world: int = 1
+    cfg: Config, cache: ClipCache, split: str, mode: str, shuffle: bool = False, rank: int = 0, world: int = 1,
+    device: torch.device | str | None = None,
 ) -> DataLoader:
-    """A loader over one split; ``mode`` is train / val / test (see ``flowaction.data.clips``).
+    """A loader over one split; ``mode`` is train / val / test (see ``flowaction.data.clips``);
+    ``device``: where its batches go (a CUDA device gets pinned memory; None: the CPU).
 
     A ``train`` loader's items come from an :class:`EpochSampler` (shuffled per epoch with
     ``shuffle``, else in index order; this process's share of ``world``); call
@@ -98,11 +107,11 @@ def make_loader(
                           classical=classical)
     batch = cfg.optim.batch_size
     if mode != "train":
-        return loader_of(cfg, dataset, batch)
+        return loader_of(cfg, dataset, batch, device=device)
     sampler = EpochSampler(len(dataset), shuffle, cfg.seed, rank, world, batch)
     share = len(sampler)
     # a last training batch of one clip cannot go through batch norm in training mode: drop it
-    return loader_of(cfg, dataset, batch, sampler, drop_last=share % batch == 1 and share > 1)
+    return loader_of(cfg, dataset, batch, sampler, drop_last=share % batch == 1 and share > 1, device=device)
 
 
 def triplet_loader(cfg: Config, cache: ClipCache, split: str, batch_size: int) -> DataLoader:

@@ -81,8 +81,10 @@ def forward_batch(
     Returns:
         ``(logits (B, K), flows (B, 2, N, H, W) or None, loss terms)``.
     """
-    frames = batch["frames"].to(device, non_blocking=True)
-    labels = batch["label"].to(device, non_blocking=True)
+    # without blocking only into a GPU (from the loader's pinned memory); a CPU copy stays synchronous
+    copy_async = device.type == "cuda"
+    frames = batch["frames"].to(device, non_blocking=copy_async)
+    labels = batch["label"].to(device, non_blocking=copy_async)
     if isinstance(model, FrameModel):
         with autocast(amp, device):
             logits, _ = model(add_input_noise(frames, noise_std))
