@@ -310,16 +310,19 @@ def test_mixed_precision_keeps_the_flow_losses_in_float32(data_dir, tmp_path, am
         assert load_checkpoint(tmp_path / amp / "last.pt")["scaler"]["scale"] > 0
 
 
-@pytest.mark.parametrize("amx", [True, False])
-def test_amp_auto_picks_bf16_only_on_a_cpu_with_amx_and_the_run_keeps_it(data_dir, tmp_path, monkeypatch, amx):
+@pytest.mark.parametrize("bf16_flags", [{"amx_bf16", "avx512_bf16"}, {"avx512_bf16"}, set()], ids=["amx", "avx512", "none"])
+def test_amp_auto_picks_bf16_only_on_a_cpu_with_bf16_instructions_and_the_run_keeps_it(
+        data_dir, tmp_path, monkeypatch, bf16_flags):
     from flowaction.config import load_config
     from flowaction.engine import device as device_module
     from flowaction.engine.device import resolve_amp
 
-    real = device_module.cpu_flags()
-    monkeypatch.setattr(device_module, "cpu_flags", lambda: real | {"amx_bf16"} if amx else real - {"amx_bf16"})
-    expected = "bf16" if amx else "off"
-    assert resolve_amp("auto", torch.device("cpu"))[0] == expected
+    real = device_module.cpu_flags() - {"amx_bf16", "avx512_bf16"}
+    monkeypatch.setattr(device_module, "cpu_flags", lambda: real | bf16_flags)
+    expected = "bf16" if bf16_flags else "off"
+    amp, reason = resolve_amp("auto", torch.device("cpu"))
+    assert amp == expected
+    assert ("AMX" in reason) == ("amx_bf16" in bf16_flags)  # the log names the units it found
     assert resolve_amp("fp16", torch.device("cpu")) == ("fp16", "set")  # an explicit choice is kept
     said = []
     cfg = _cfg(data_dir, "optim.amp=auto", "optim.epochs=1")
@@ -427,3 +430,68 @@ def test_channels_last_trains_the_same_model_in_the_other_layout(data_dir, tmp_p
     load_weights(contiguous, state["model"], "best.pt")
     assert contiguous.action_net.conv1.weight.is_contiguous()
     torch.testing.assert_close(contiguous.action_net.conv1.weight, state["model"]["action_net.conv1.weight"])
+
+
+@pytest.mark.parametrize("device,pinned", [(None, False), ("cpu", False), ("cuda", True), ("cuda:1", True)])
+def test_loaders_pin_memory_only_when_they_feed_a_cuda_device(data_dir, tmp_path, monkeypatch, device, pinned):
+    cfg = _cfg(data_dir)
+    cache = open_data(cfg, data_dir.parent)
+    target = None if device is None else torch.device(device)  # a CUDA device object needs no GPU
+    for mode in ("train", "val"):
+        assert make_loader(cfg, cache, "train", mode, shuffle=True, device=target).pin_memory is pinned, mode
+    if device == "cpu":  # fit hands its loaders the device it trains on
+        seen = []
+        real = fit_module.make_loader
+
+        def spy(*args, **kwargs):
+            loader = real(*args, **kwargs)
+            seen.append((kwargs.get("device"), loader.pin_memory))
+            return loader
+
+        monkeypatch.setattr(fit_module, "make_loader", spy)
+        fit(_cfg(data_dir, "optim.steps=1"), cache, tmp_path / "run", progress=False, log=lambda *_: None)
+        assert seen == [(torch.device("cpu"), False)] * 2
+
+
+@pytest.mark.parametrize("device,non_blocking", [("cpu", False), ("cuda", True)])
+def test_the_step_copies_a_batch_without_blocking_only_into_a_cuda_device(data_dir, monkeypatch, device, non_blocking):
+    from flowaction.engine.step import forward_batch
+
+    cfg = _cfg(data_dir, "model.input=frames", "augment.noise_std=0")
+    cache = open_data(cfg, data_dir.parent)
+    batch = next(iter(make_loader(cfg, cache, "train", "val")))
+    model = build_model(cfg, len(cache.classes))
+    copies = []
+    real_to = torch.Tensor.to
+
+    def spy(self, *args, **kwargs):
+        if self is batch["frames"] or self is batch["label"]:
+            target = torch.device(args[0] if args else kwargs["device"])
+            copies.append((target.type, kwargs.get("non_blocking", False)))
+            if target.type == "cuda":
+                return self  # no GPU here: the "copy" stays where it is, the step runs on the CPU
+        return real_to(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "to", spy)
+    forward_batch(model, batch, torch.device(device), cfg.loss)
+    assert copies == [(device, non_blocking)] * 2  # the frames and the labels
+
+
+@pytest.mark.parametrize("name,cuda,backend", [("cuda", True, "nccl"), ("auto", True, "nccl"), ("cpu", True, "gloo"),
+                                               ("auto", False, "gloo")])
+def test_a_process_group_takes_nccl_for_gpus_and_gloo_for_cpus(monkeypatch, name, cuda, backend):
+    from flowaction.engine import distributed
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    joined, chosen = [], []
+    monkeypatch.setattr(distributed.dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(distributed.dist, "init_process_group", lambda backend, **kwargs: joined.append(backend))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+    context, device = distributed.setup(name)
+    assert joined == [backend]
+    expected = torch.device("cuda", 1) if backend == "nccl" else torch.device("cpu")
+    assert device == expected and context.device == expected and (context.rank, context.world) == (1, 2)
+    assert chosen == ([1] if backend == "nccl" else [])  # each process on the GPU of its local rank

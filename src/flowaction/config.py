@@ -145,7 +145,7 @@ class OptimConfig:
     accumulate: int = 1  # batches whose gradients make one optimiser step (effective batch x N)
     nonfinite: str = "stop"  # a NaN / inf loss: stop (keeping the last good checkpoint) or skip the step
     # mixed precision of the networks: off, bf16, fp16 (GradScaler) or auto (bf16 where the device
-    # computes it natively: CUDA with bf16, a CPU with AMX-BF16; else off); losses stay fp32
+    # computes it natively: CUDA with bf16, a CPU with AMX-BF16 or AVX-512-BF16; else off); losses stay fp32
     amp: str = "off"
     compile: bool = False  # torch.compile the training step (minutes of compilation first; for long runs)
     channels_last: bool = False  # the 3D ResNet in channels-last 3D memory layout (for GPUs; slower on CPU)

@@ -46,13 +46,17 @@ def cpu_flags() -> frozenset[str]:
 
 def native_bf16(device: torch.device) -> str:
     """Why ``device`` runs bfloat16 matrix products natively ("" when it does not): a CUDA GPU
-    with bf16 support, or a CPU with Intel AMX-BF16 tiles (oneDNN's bf16 convolutions; without
-    them bf16 is emulated)."""
+    with bf16 support, or a CPU with bf16 instructions, Intel's AMX-BF16 tiles or the AVX-512-BF16
+    dot products (AMD EPYC Zen 4 and later, Intel Cooper Lake and later), which oneDNN's bf16
+    convolutions use; without either bf16 is emulated."""
     if device.type == "cuda":
         # emulated bf16 (GPUs before Ampere) is slower than float32
         return "a CUDA GPU with bf16 support" if torch.cuda.is_bf16_supported(including_emulation=False) else ""
     if device.type == "cpu":
-        return "a CPU with AMX-BF16" if "amx_bf16" in cpu_flags() else ""
+        flags = cpu_flags()
+        if "amx_bf16" in flags:
+            return "a CPU with AMX-BF16"
+        return "a CPU with AVX-512-BF16" if "avx512_bf16" in flags else ""
     return ""
 
 
