@@ -196,18 +196,28 @@ def folder_cache64(folder_videos, tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("preset", ["ucf101", "hmdb51", "own-videos"])
-def test_presets_load_and_train_a_step(preset, folder_cache64, tmp_path):
+@pytest.fixture(scope="module")
+def folder_cache128(folder_videos, tmp_path_factory):
+    out = tmp_path_factory.mktemp("cache128") / "cache"
+    prepare("folder", folder_videos, out, size=128, val_fraction=0.2, test_fraction=0.2, progress=False)
+    return out
+
+
+@pytest.mark.parametrize("preset", ["ucf101", "hmdb51", "own-videos", "ucf101-112", "hmdb51-112"])
+def test_presets_load_and_train_a_step(preset, request, tmp_path):
     from flowaction.config import load_config, preset_path
     from flowaction.engine.fit import fit
 
     path = preset_path(preset)  # shipped in the package, also to a pip install
     cfg = load_config(path)
     assert cfg.model.input == "learned" and cfg.data.num_frames == 16
+    if preset.endswith("-112"):  # Hara et al.'s resolution, from the shipped flow network
+        assert cfg.data.crop == 112 and cfg.model.flow_init == "default" and cfg.model.depth == 18
+    cache = request.getfixturevalue("folder_cache128" if preset.endswith("-112") else "folder_cache64")
     # only what a 2-core test machine and a 15-video cache need changes: batch, steps, workers
-    small = load_config(path, [f"data.cache={folder_cache64}", "optim.batch_size=2", "optim.steps=1",
+    small = load_config(path, [f"data.cache={cache}", "optim.batch_size=2", "optim.steps=1",
                                "optim.epochs=1", "data.num_workers=0", "data.test_clips=1"])
-    summary = fit(small, ClipCache.open(folder_cache64), tmp_path / "run", progress=False, log=lambda *_: None)
+    summary = fit(small, ClipCache.open(cache), tmp_path / "run", progress=False, log=lambda *_: None)
     assert summary["steps"] == 1 and (tmp_path / "run" / "best.pt").is_file()
 
 

@@ -184,7 +184,8 @@ SYNTHETIC_KINDS = ("motion", "actions")
 SYNTHETIC_CLASSES = {"motion": 10, "actions": 14}
 SYNTHETIC_DEFAULT_CLASSES = {"motion": 8, "actions": 14}
 #: the presets packaged with flowaction (``src/flowaction/configs/<name>.yaml``): ``--config NAME``
-PRESETS = ("demo", "actions", "tiny", "pretrain", "own-videos", "ucf101", "hmdb51", "synthetic", "ablation")
+PRESETS = ("demo", "actions", "tiny", "pretrain", "own-videos", "ucf101", "hmdb51", "ucf101-112", "hmdb51-112", "synthetic",
+           "ablation")
 _CHOICES = {
     "model.depth": (10, 18, 34, 50),
     "model.shortcut": ("A", "B"),
