@@ -43,13 +43,14 @@ def test_summary_only_trains_nothing(tmp_path):
 
 
 def test_pair_accuracy_is_the_share_right_within_the_pair():
-    from flowaction.commands.ablate import pair_accuracy
+    from flowaction.commands.ablate import pair_accuracy, pair_count
 
     classes = ["walk", "sit-down", "stand-up"]
     # sit-down: 6 right, 2 called stand-up, 2 called walk (left out); stand-up: 4 right, 4 called sit-down
     confusion = [[5, 0, 0], [2, 6, 2], [0, 4, 4]]
     assert pair_accuracy(confusion, classes, ("sit-down", "stand-up")) == 10 / 16
     assert pair_accuracy([[1, 0, 0], [0, 0, 0], [0, 0, 0]], classes, ("sit-down", "stand-up")) is None
+    assert pair_count(confusion, classes, ("sit-down", "stand-up")) == 16  # what the share is of
 
 
 def test_actions_study_reports_each_time_reversed_pair_and_controls_start_fresh(tmp_path):
@@ -74,3 +75,9 @@ def test_actions_study_reports_each_time_reversed_pair_and_controls_start_fresh(
     result = json.loads((out / "runs" / "truth" / "seed0" / "result.json").read_text())
     assert len(result["classes"]) == 14 and len(result["confusion"]) == 14
     assert sum(map(sum, result["confusion"])) == 28  # every test video counted once
+    from flowaction.commands.ablate import pair_count
+
+    counts = [pair_count(result["confusion"], result["classes"], p) for p in (("sit-down", "stand-up"),
+                                                                              ("raise-arms", "lower-arms"))]
+    row = next(line for line in table.split("## Within")[1].splitlines() if line.startswith("| truth |"))
+    assert [cell.strip().rsplit(" ", 1)[-1] for cell in row.split("|")[2:4]] == [f"({n})" for n in counts]

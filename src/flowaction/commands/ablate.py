@@ -136,6 +136,12 @@ def pair_accuracy(confusion: list[list[int]], classes: list[str], pair: tuple[st
     return right / within if within else None
 
 
+def pair_count(confusion: list[list[int]], classes: list[str], pair: tuple[str, str]) -> int:
+    """How many test videos of a pair's two classes were given one of those two classes."""
+    a, b = classes.index(pair[0]), classes.index(pair[1])
+    return confusion[a][a] + confusion[b][b] + confusion[a][b] + confusion[b][a]
+
+
 def _data_name(runs: list[dict]) -> str:
     data = runs[0]["config"]["data"]
     return "a prepared cache" if data.get("cache") else f"the generated {data['synthetic'].get('kind', 'motion')} benchmark"
@@ -156,11 +162,13 @@ def _class_tables(results: dict[str, list[dict]]) -> list[str]:
     pairs = [pair for pair in TIME_REVERSED_PAIRS if set(pair) <= set(classes)]
     if pairs:
         lines += ["", "## Within each time-reversed pair (%, chance 50)", "",
-                  "Of a pair's test videos given one of its two classes, the share given the right one. Every",
-                  "single frame of one class has the distribution of the other's: only motion separates them.",
+                  "Of a pair's test videos given one of its two classes, the share given the right one (in",
+                  "brackets: how many such videos, over all seeds). Every single frame of one class has the",
+                  "distribution of the other's: only motion separates them.",
                   "", "| variant | " + " | ".join(" / ".join(p) for p in pairs) + " |", "| --- |" + " --- |" * len(pairs)]
         for variant, runs in scored.items():
-            cells = [_fmt(_stats([pair_accuracy(r["confusion"], r["classes"], p) for r in runs]), 100) for p in pairs]
+            cells = [f"{_fmt(_stats([pair_accuracy(r['confusion'], r['classes'], p) for r in runs]), 100)} "
+                     f"({sum(pair_count(r['confusion'], r['classes'], p) for r in runs)})" for p in pairs]
             lines.append(f"| {variant} | " + " | ".join(cells) + " |")
     return lines
 
