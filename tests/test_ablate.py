@@ -1,5 +1,7 @@
 import json
 
+import pytest
+
 from flowaction.cli import main
 
 TINY = [
@@ -81,3 +83,11 @@ def test_actions_study_reports_each_time_reversed_pair_and_controls_start_fresh(
                                                                               ("raise-arms", "lower-arms"))]
     row = next(line for line in table.split("## Within")[1].splitlines() if line.startswith("| truth |"))
     assert [cell.strip().rsplit(" ", 1)[-1] for cell in row.split("|")[2:4]] == [f"({n})" for n in counts]
+
+
+def test_a_clip_longer_than_the_generated_videos_is_refused_before_anything_runs(tmp_path):
+    from flowaction.commands.ablate import run_ablation
+
+    with pytest.raises(ValueError, match="variant T32: clips of 32 frames, but the generated videos have 16"):
+        run_ablation("actions", ["learned", "T32"], 1, tmp_path / "study", progress=False)
+    assert not (tmp_path / "study" / "data").exists()  # nothing generated

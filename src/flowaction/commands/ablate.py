@@ -284,7 +284,13 @@ def run_ablation(
     out.mkdir(parents=True, exist_ok=True)
     base = load_config(config, list(overrides or []) + [f"data.synthetic_dir={out / 'data'}"])
     for variant in variants + list(sweep_variants or []):
-        variant_config(base, variant, 0)  # fail on a typo before any data or run is made
+        # fail on a typo, or on clips longer than the generated videos, before any data or run is made
+        span = variant_config(base, variant, 0).data
+        needed = (span.num_frames - 1) * span.frame_step + 1
+        if not base.data.cache and needed > base.data.synthetic.num_frames:
+            raise ValueError(f"variant {variant}: clips of {needed} frames, but the generated videos have "
+                             f"{base.data.synthetic.num_frames} (their last frame would be repeated); set "
+                             f"data.synthetic.num_frames={needed} or leave {variant} out")
     cache = open_data(base, out, progress=progress)
     results: dict[str, list[dict]] = {}
     for variant in variants:
