@@ -209,6 +209,17 @@ _POSITIVE = {
 }
 
 
+def no_flow_start(overrides: list[str], base_input: str) -> list[str]:
+    """``overrides`` plus ``model.flow_init=none`` when the model they give (``model.input``, else
+    ``base_input``) has no flow network and they do not set ``model.flow_init`` themselves: a
+    preset that starts its flow network from shipped weights then still fits a frames or classical
+    flow model, which starts fresh as every such run does."""
+    given = {k.strip(): v.strip() for k, v in (o.split("=", 1) for o in overrides if "=" in o)}
+    if given.get("model.input", base_input) in LEARNED_INPUTS or "model.flow_init" in given:
+        return list(overrides)
+    return list(overrides) + ["model.flow_init=none"]
+
+
 def valid_keys(obj: Any = None, prefix: str = "") -> list[str]:
     """All dotted keys of the configuration, e.g. ``optim.lr``."""
     obj = Config() if obj is None else obj

@@ -12,7 +12,7 @@ from pathlib import Path
 import matplotlib
 import numpy as np
 
-from flowaction.config import LEARNED_INPUTS, Config, from_dict, load_config, nearest, to_dict
+from flowaction.config import Config, from_dict, load_config, nearest, no_flow_start, to_dict
 from flowaction.data.cache import atomic_write_json
 from flowaction.data.poses import TIME_REVERSED_PAIRS
 from flowaction.data.source import open_data
@@ -75,12 +75,7 @@ def variant_config(base: Config, variant: str, seed: int, extra: list[str] | Non
         raise ValueError(f"unknown variant {variant!r}; {hint}(variants: {', '.join(VARIANTS)})")
     half = max(1, base.optim.epochs // 2)
     overrides = [o.format(half=half) for o in VARIANTS[variant]] + [f"seed={seed}"] + list(extra or [])
-    given = dict(o.split("=", 1) for o in overrides)
-    if given.get("model.input", base.model.input) not in LEARNED_INPUTS and "model.flow_init" not in given:
-        # a base that starts its flow network from other weights (the actions preset): these
-        # variants have no flow network, so their ResNet starts fresh as in every other run
-        overrides.append("model.flow_init=none")
-    return from_dict(to_dict(base), overrides)
+    return from_dict(to_dict(base), no_flow_start(overrides, base.model.input))
 
 
 def run_one(cfg: Config, cache, run_dir: Path, keep_checkpoints: bool = False, progress: bool = False) -> dict:
@@ -131,9 +126,8 @@ def pair_accuracy(confusion: list[list[int]], classes: list[str], pair: tuple[st
     """Of the test videos of a pair's two classes that were given one of those two classes, the
     share given the right one: 0.5 is chance between them (None if no such video)."""
     a, b = classes.index(pair[0]), classes.index(pair[1])
-    right = confusion[a][a] + confusion[b][b]
-    within = right + confusion[a][b] + confusion[b][a]
-    return right / within if within else None
+    within = pair_count(confusion, classes, pair)
+    return (confusion[a][a] + confusion[b][b]) / within if within else None
 
 
 def pair_count(confusion: list[list[int]], classes: list[str], pair: tuple[str, str]) -> int:

@@ -8,7 +8,7 @@ import torch
 
 from flowaction.commands.evaluate import write_eval_report
 from flowaction.commands.rundir import claim_run_dir, run_lock
-from flowaction.config import LEARNED_INPUTS, Config, load_config, preset_path
+from flowaction.config import Config, load_config, no_flow_start, preset_path
 from flowaction.data.cache import ClipCache, atomic_write_json
 from flowaction.data.source import open_data
 from flowaction.engine.evaluate import evaluate_checkpoint
@@ -83,12 +83,11 @@ def run_demo(
     started = time.time()
     out = Path(out)
     overrides = list(overrides or [])
-    given = dict(item.split("=", 1) for item in overrides if "=" in item)
-    given = {key.strip(): value.strip() for key, value in given.items()}
-    if given.get("model.input", "learned") not in LEARNED_INPUTS and "model.flow_init" not in given:
-        # the preset starts its flow network from the shipped one; these models have none
-        overrides.append("model.flow_init=none")
-        log(f"model.input={given['model.input']}: no flow network, so the preset's pre-trained one is not used")
+    fresh = no_flow_start(overrides, "learned")
+    if len(fresh) > len(overrides):  # the preset starts its flow network from the shipped one; this model has none
+        overrides = fresh
+        log(f"{next(o for o in overrides if o.strip().startswith('model.input'))}: no flow network, so the "
+            "preset's pre-trained one is not used")
     cfg = load_config(preset_path(preset), overrides)
     claim_run_dir(out, resume, overwrite, delete_old, log)
     with run_lock(out):
