@@ -39,3 +39,15 @@ def test_yaml_round_trip(tmp_path):
     again = load_config(tmp_path / "c.yaml")
     assert again == cfg and again != Config()
     assert "data.synthetic.num_classes" in valid_keys()
+
+
+def test_a_model_without_a_flow_network_starts_fresh_unless_told_otherwise():
+    from flowaction.config import no_flow_start
+
+    assert no_flow_start(["model.input=frames"], "learned") == ["model.input=frames", "model.flow_init=none"]
+    assert no_flow_start([" model.input = dis"], "learned")[-1] == "model.flow_init=none"
+    assert no_flow_start(["seed=1"], "truth") == ["seed=1", "model.flow_init=none"]  # from the base's input
+    assert no_flow_start(["model.input=learned+frames"], "frames") == ["model.input=learned+frames"]
+    assert no_flow_start(["seed=1"], "learned") == ["seed=1"]
+    given = ["model.input=frames", "model.flow_init=default"]  # said explicitly: kept (and refused later)
+    assert no_flow_start(given, "learned") == given
