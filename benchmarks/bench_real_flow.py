@@ -29,10 +29,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from flowaction.config import ModelConfig
-from flowaction.inference.video_flow import classical_flows, learned_flows, photometric_summary, read_video_frames, video_pairs
-from flowaction.models.build import build_joint_model
-from flowaction.models.weights import SHIPPED_FLOW, load_flow_weights, shipped_flow_weights
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helper modules beside this script
+
+from flowaction.inference.video_flow import classical_flows, learned_flows, photometric_summary, read_video_frames, video_pairs  # noqa: E402
+from flowaction.models.weights import SHIPPED_FLOW  # noqa: E402
+from flow_weights import flow_model, method_name  # noqa: E402
 
 SIZES = (56, 112)
 CLIPS = ("carphone_pristine.mp4", "bikes.mp4", "bigbuckbunny.mp4")
@@ -45,22 +46,6 @@ def packaged_clips() -> list[Path]:
         return []
     folder = Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data"
     return [folder / name for name in CLIPS if (folder / name).is_file()]
-
-
-def flow_model(weights: str = "default") -> torch.nn.Module:
-    """A joint model whose flow network is ``weights`` (a shipped name or a file; only its
-    ``flows`` path is used)."""
-    path = shipped_flow_weights(weights) if weights in SHIPPED_FLOW else Path(weights)
-    state = torch.load(path, weights_only=True)
-    width = state.get("flow_width") or state.get("config", {}).get("model", {}).get("flow_width", ModelConfig.flow_width)
-    model = build_joint_model(num_classes=2, depth=10, flow_width=width, triplet_stride=1)
-    load_flow_weights(model.flow_net, weights)
-    return model.eval()
-
-
-def method_name(weights: str) -> str:
-    """``learned`` for the default network, ``learned-<name>`` for another."""
-    return "learned" if weights == "default" else f"learned-{Path(weights).stem}"
 
 
 def main() -> None:

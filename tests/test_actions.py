@@ -11,6 +11,7 @@ import torch
 from flowaction.cli import main
 from flowaction.config import from_dict
 from flowaction.data import actions
+from flowaction.data.layers import LayeredClip, layer_flow, render_layers
 from flowaction.data.actions import ActionSpec, render_action_clip
 from flowaction.data.cache import ClipCache
 from flowaction.data.generate import generate_clips
@@ -47,8 +48,8 @@ def test_the_mask_leaves_out_a_limb_that_crosses_the_body():
     rng = clip_rng(0, "train", 3)
     layers, _ = actions._layers(rng, EXACT, "train", "box")
     camera = actions._camera(rng, EXACT)
-    _, ids, to_image = actions._render(layers, camera, EXACT.size)
-    flow, valid, _ = actions._flow(ids, to_image, EXACT.size)
+    _, ids, to_image = render_layers(layers, camera, EXACT.size)
+    flow, valid, _ = layer_flow(ids, to_image, EXACT.size)
     names = [layer.name for layer in layers]
     torso, arms = names.index("torso"), [names.index("upper_arm:near"), names.index("forearm:near")]
     ys, xs = np.mgrid[0:EXACT.size, 0:EXACT.size]
@@ -67,8 +68,8 @@ def test_camera_motion_moves_the_background_by_the_flow_it_claims():
     rng = clip_rng(1, "train", 0)
     layers, _ = actions._layers(rng, spec, "train", "walk")
     camera = actions._camera(rng, spec)
-    frames, ids, to_image = actions._render(layers, camera, spec.size)
-    flow, valid, exact = actions._flow(ids, to_image, spec.size)
+    frames, ids, to_image = render_layers(layers, camera, spec.size)
+    flow, valid, exact = layer_flow(ids, to_image, spec.size)
     pan = (camera[1] @ np.linalg.inv(camera[0]))[:2, 2]  # the image shift of one frame (a pure pan)
     for t in range(len(flow)):
         background = ids[t] == 0
@@ -76,7 +77,7 @@ def test_camera_motion_moves_the_background_by_the_flow_it_claims():
         assert np.allclose(flow[t, 1][background], pan[1], atol=1e-6)
     assert np.hypot(*pan) > 0.01  # the camera does move
     # and the background of frame t+1, shifted back by that flow, is frame t's
-    clip = actions.ActionClip(np.clip(np.rint(frames), 0, 255).astype(np.uint8), flow, valid, 0, np.zeros(15, bool),
+    clip = LayeredClip(np.clip(np.rint(frames), 0, 255).astype(np.uint8), flow, valid, 0, np.zeros(15, bool),
                               exact=exact & (ids[:-1] == 0))
     warp, still = _warp_errors(clip)
     assert warp < 1.5 and warp < 0.5 * still

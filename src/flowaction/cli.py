@@ -349,13 +349,13 @@ def build_parser() -> argparse.ArgumentParser:
     export.set_defaults(func=_cmd_export)
 
     gen = sub.add_parser("generate", help="a generated benchmark as a clip cache (and as video files)")
-    gen.add_argument("--kind", choices=("actions", "motion"), default="actions",
-                     help="actions: an articulated figure over real photographs, moving camera; motion: rigid shapes")
+    gen.add_argument("--kind", choices=("actions", "motion", "scenes"), default="actions",
+                     help="actions: a figure acting over photographs; motion: rigid shapes; scenes: photo layers (flow)")
     gen.add_argument("--out", type=Path, required=True, help="output folder: OUT/cache, and OUT/videos with --videos")
     gen.add_argument("--videos", action="store_true", help="also write every clip as OUT/videos/<class>/<split>-N.mp4")
     gen.add_argument("--size", type=int, default=48, help="frame side in pixels")
     gen.add_argument("--frames", type=int, default=16, help="frames per clip")
-    gen.add_argument("--classes", type=int, default=0, help="the first N classes (0: the kind's default: motion 8, actions 14)")
+    gen.add_argument("--classes", type=int, default=0, help="the first N classes (0: the kind's default: motion 8, actions 14, scenes 1)")
     gen.add_argument("--per-class", default="60,10,20", metavar="TRAIN,VAL,TEST", help="clips per class and split")
     gen.add_argument("--seed", type=int, default=0, help="every clip follows from it")
     gen.add_argument("--workers", type=int, default=0, help="generating processes (0: one per core)")

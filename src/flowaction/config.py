@@ -23,10 +23,10 @@ class ConfigError(ValueError):
 class SyntheticConfig:
     """The generated benchmark, used when ``data.cache`` is empty."""
 
-    # motion: global motions of rigid textured shapes (8 classes); actions: an articulated figure
-    # acting in front of real photographs, seen by a moving camera (14 classes)
+    # motion: rigid textured shapes in global motions (8 classes); actions: a figure acting over real
+    # photographs, moving camera (14); scenes: layers of real photographs in their own motions (1)
     kind: str = "motion"
-    num_classes: int = 0  # the first N classes of the kind; 0 = its default (motion 8 of 10, actions all 14)
+    num_classes: int = 0  # the first N classes of the kind; 0 = its default (motion 8 of 10, actions all 14, scenes 1)
     size: int = 64
     num_frames: int = 16
     train_per_class: int = 60
@@ -40,13 +40,13 @@ class SyntheticConfig:
 class DataConfig:
     cache: str = ""  # a prepared cache directory; empty = generate the synthetic benchmark
     synthetic_dir: str = ""  # where a generated cache is kept; empty = <out>/data
+    mix: str = ""  # pretrain-flow: more caches (comma-separated) whose training clips are added to the data's
     num_frames: int = 16
     frame_step: int = 1
     crop: int = 56
     test_clips: int = 10
     max_train_per_class: int = 0  # > 0: use only the first N training videos of each class
-    # DataLoader worker processes; 0 loads clips in the training process itself (note: for
-    # `prepare --workers`, 0 means one decoding process per core)
+    # DataLoader workers; 0 loads clips in the training process (`prepare --workers 0`: one per core)
     num_workers: int = 0
     train_split: str = "train"
     val_split: str = "val"
@@ -70,6 +70,7 @@ class ModelConfig:
     flow_width: int = 16
     # a full-resolution level at the end of the flow network (warps, compares, corrects)
     flow_refine: bool = False
+    flow_pyramid: bool = False  # a matching cost at every decoder level (coarse-to-fine search, larger motions)
     triplet_stride: int = 3
     input: str = "learned"  # one of MODEL_INPUTS
     # share of the classifier's gradient that reaches the flow network: 1 = the paper's joint
@@ -83,9 +84,8 @@ class ModelConfig:
     # (the pre-trained network shipped in the package), actions (the shipped one continued on the
     # action benchmark's photographs) or the path of a flownet.pt / run checkpoint
     flow_init: str = "none"
-    # dis / farneback inputs: "input" computes OpenCV flow on exactly the frames the learned flow
-    # network sees (jittered, cropped, with the Gaussian noise), "clean" reads it precomputed from
-    # the clean frames in the cache
+    # dis / farneback inputs: "input": OpenCV flow on exactly the frames the flow network sees
+    # (jittered, cropped, noisy); "clean": precomputed from the cache's clean frames
     classical_on: str = "input"
     flow_output_init: str = "zero"  # zero (start at zero flow) | random (PyTorch's default init)
 
@@ -180,11 +180,11 @@ OUTSIDE_FLOW_INPUTS = ("dis", "farneback", "truth")
 LEARNED_INPUTS = ("learned", "learned+frames")
 #: the generated benchmarks (``data.synthetic.kind``), how many classes each has, and how many a run
 #: takes by default (``data.synthetic.num_classes=0``): the motion world's two oscillations are opt-in
-SYNTHETIC_KINDS = ("motion", "actions")
-SYNTHETIC_CLASSES = {"motion": 10, "actions": 14}
-SYNTHETIC_DEFAULT_CLASSES = {"motion": 8, "actions": 14}
+SYNTHETIC_KINDS = ("motion", "actions", "scenes")
+SYNTHETIC_CLASSES = {"motion": 10, "actions": 14, "scenes": 1}
+SYNTHETIC_DEFAULT_CLASSES = {"motion": 8, "actions": 14, "scenes": 1}
 #: the presets packaged with flowaction (``src/flowaction/configs/<name>.yaml``): ``--config NAME``
-PRESETS = ("demo", "actions", "tiny", "pretrain", "own-videos", "ucf101", "hmdb51", "ucf101-112", "hmdb51-112", "synthetic",
+PRESETS = ("demo", "actions", "tiny", "pretrain", "pretrain-scenes", "own-videos", "ucf101", "hmdb51", "ucf101-112", "hmdb51-112", "synthetic",
            "ablation")
 _CHOICES = {
     "model.depth": (10, 18, 34, 50),

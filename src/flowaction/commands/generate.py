@@ -26,7 +26,7 @@ def run_generate(
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> dict:
-    """Generate ``kind`` (``motion`` or ``actions``) into ``OUT/cache``; ``per_class`` is the
+    """Generate ``kind`` (``motion``, ``actions`` or ``scenes``) into ``OUT/cache``; ``per_class`` is the
     train, val and test clips per class. With ``videos`` also write every clip as
     ``OUT/videos/<class>/<split>-<index>.mp4`` (25 frames/s). Returns what was written."""
     cfg = from_dict({"data": {"crop": min(size, 56), "synthetic": {"kind": kind, "size": size,

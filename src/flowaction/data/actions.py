@@ -18,14 +18,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from functools import lru_cache
 
-import cv2
 import numpy as np
 
-from flowaction.data.photos import load_photo, photo_names
+from flowaction.data.layers import Layer, LayeredClip, layer_flow, render_layers, rot, scale, shift, texture
 from flowaction.data.poses import ACTION_NAMES, ONE_WAY, PERIODIC
-from flowaction.data.synthetic import SyntheticClip
 
 # part: (length, half-width) in figure heights
 _PARTS = {"torso": (0.30, 0.085), "head": (0.07, 0.07), "thigh": (0.245, 0.05), "shin": (0.245, 0.042),
@@ -60,53 +57,6 @@ class ActionSpec:
     classes: tuple[str, ...] = field(default=ACTION_NAMES)
 
 
-def _rot(angle: float) -> np.ndarray:
-    c, s = math.cos(angle), math.sin(angle)
-    return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
-
-
-def _shift(x: float, y: float) -> np.ndarray:
-    return np.array([[1.0, 0.0, x], [0.0, 1.0, y], [0.0, 0.0, 1.0]])
-
-
-def _scale(s: float) -> np.ndarray:
-    return np.diag([s, s, 1.0])
-
-
-@dataclass
-class _Layer:
-    """A rigid layer: its pose ``(T, 3, 3)`` (own coordinates -> world), shape and texture."""
-
-    name: str
-    pose: np.ndarray
-    half_axes: tuple[float, float] | None  # ellipse semi-axes (u, v); None: everywhere (background)
-    centre_v: float  # the ellipse's centre on the layer's v axis
-    photo: np.ndarray
-    photo_map: tuple[float, float, float]  # photo pixel = offset + scale * own coordinate
-    gain: float = 1.0
-    bias: float = 0.0
-
-
-@lru_cache(maxsize=64)
-def _scaled_photo(name: str, scale: float, blur: float) -> np.ndarray:
-    """A photograph at one world pixel per ``scale`` of its pixels, area-averaged and blurred by
-    ``blur`` px (a lens): sampled at moving positions it then shows no aliasing."""
-    photo = load_photo(name)
-    small = cv2.resize(photo, (round(photo.shape[1] / scale), round(photo.shape[0] / scale)),
-                       interpolation=cv2.INTER_AREA)
-    return cv2.GaussianBlur(small, (0, 0), blur) if blur > 0 else small
-
-
-def _texture(rng: np.random.Generator, spec: ActionSpec, split: str) -> tuple[np.ndarray, tuple[float, float, float], str]:
-    """A photograph of the split, where a layer's own coordinates fall on it, and its name."""
-    name = photo_names(split)[int(rng.integers(len(photo_names(split))))]
-    photo = _scaled_photo(name, spec.photo_scales[int(rng.integers(len(spec.photo_scales)))], spec.blur)
-    margin = 2 * spec.size
-    ox = float(rng.uniform(margin, max(margin, photo.shape[1] - margin)))
-    oy = float(rng.uniform(margin, max(margin, photo.shape[0] - margin)))
-    return photo, (ox, oy, 1.0), name
-
-
 def _figure_poses(rng: np.random.Generator, spec: ActionSpec, action: str) -> tuple[dict[str, np.ndarray], dict]:
     """World poses ``(T, 3, 3)`` of the figure's parts, and the figure's draws."""
     size, frames = spec.size, spec.num_frames
@@ -122,7 +72,7 @@ def _figure_poses(rng: np.random.Generator, spec: ActionSpec, action: str) -> tu
 
     def limb(name: str, joint: np.ndarray, angle: float) -> np.ndarray:
         # own +v along the limb: its direction on screen is (facing * sin a, cos a)
-        poses.setdefault(name, []).append(_shift(*joint) @ _rot(-facing * angle))
+        poses.setdefault(name, []).append(shift(*joint) @ rot(-facing * angle))
         return joint + lengths[name.split(":")[0]] * np.array([facing * math.sin(angle), math.cos(angle)])
 
     for t in range(frames):
@@ -131,11 +81,11 @@ def _figure_poses(rng: np.random.Generator, spec: ActionSpec, action: str) -> tu
         base = stand + drift * t
         pelvis = base - np.array([0.0, lengths["thigh"] + lengths["shin"] + pose["lift"] * height])
         lean = pose["torso"]
-        poses.setdefault("torso", []).append(_shift(*pelvis) @ _rot(math.pi + facing * lean))
+        poses.setdefault("torso", []).append(shift(*pelvis) @ rot(math.pi + facing * lean))
         neck = pelvis + lengths["torso"] * np.array([facing * math.sin(lean), -math.cos(lean)])
         tilt = lean + pose["neck"]
         head = neck + 1.1 * lengths["head"] * np.array([facing * math.sin(tilt), -math.cos(tilt)])
-        poses.setdefault("head", []).append(_shift(*head) @ _rot(math.pi + facing * tilt))
+        poses.setdefault("head", []).append(shift(*head) @ rot(math.pi + facing * tilt))
         for side in ("near", "far"):
             knee = limb(f"thigh:{side}", pelvis, pose[f"leg_{side}"])
             limb(f"shin:{side}", knee, pose[f"leg_{side}"] - pose[f"knee_{side}"])
@@ -155,47 +105,47 @@ def _camera(rng: np.random.Generator, spec: ActionSpec) -> np.ndarray:
     roll = math.radians(float(rng.uniform(-spec.rotation_deg, spec.rotation_deg)))
     shake = rng.normal(0.0, spec.shake, (spec.num_frames, 2))
     shake[0] = 0.0
-    return np.stack([_shift(centre, centre) @ _scale(math.exp(zoom * t)) @ _rot(roll * t)
-                     @ _shift(-centre - pan[0] * t - shake[t, 0], -centre - pan[1] * t - shake[t, 1])
+    return np.stack([shift(centre, centre) @ scale(math.exp(zoom * t)) @ rot(roll * t)
+                     @ shift(-centre - pan[0] * t - shake[t, 0], -centre - pan[1] * t - shake[t, 1])
                      for t in range(spec.num_frames)])
 
 
-def _layers(rng: np.random.Generator, spec: ActionSpec, split: str, action: str) -> tuple[list[_Layer], dict]:
+def _layers(rng: np.random.Generator, spec: ActionSpec, split: str, action: str) -> tuple[list[Layer], dict]:
     poses, draws = _figure_poses(rng, spec, action)
     frames = spec.num_frames
-    photo, mapping, background_photo = _texture(rng, spec, split)
-    background = _Layer("background", np.repeat(np.eye(3)[None], frames, 0), None, 0.0, photo, mapping)
+    photo, mapping, background_photo = texture(rng, split, spec.size, spec.photo_scales, spec.blur)
+    background = Layer("background", np.repeat(np.eye(3)[None], frames, 0), None, 0.0, photo, mapping)
     clothes, photos = {}, [background_photo]
     for garment in ("shirt", "trousers", "skin"):
-        photo, mapping, name = _texture(rng, spec, split)
+        photo, mapping, name = texture(rng, split, spec.size, spec.photo_scales, spec.blur)
         level = float(rng.uniform(40, 215))
         clothes[garment] = (photo, mapping, float(rng.uniform(0.5, 1.0)), level)
         photos.append(name)
 
-    def part(name: str) -> _Layer:
+    def part(name: str) -> Layer:
         kind = name.split(":")[0]
-        half_width, scale = _PARTS[kind][1], draws["height"]
+        half_width, figure = _PARTS[kind][1], draws["height"]
         garment = "skin" if kind == "head" else "trousers" if kind in ("thigh", "shin") else "shirt"
         photo, (ox, oy, k), gain, level = clothes[garment]
         jitter = rng.uniform(-20, 20, 2)  # each part shows another patch of its garment
-        width, span = half_width * scale, draws["lengths"][kind]
+        width, span = half_width * figure, draws["lengths"][kind]
         if kind == "head":
             axes, centre = (width, width), 0.0
         else:  # an ellipse along the part, a little past both joints so that neighbours overlap
             axes, centre = (width, 0.5 * span + 0.5 * width), 0.5 * span
-        return _Layer(name, poses[name], axes, centre, photo, (ox + jitter[0], oy + jitter[1], k), gain,
+        return Layer(name, poses[name], axes, centre, photo, (ox + jitter[0], oy + jitter[1], k), gain,
                       level - gain * float(photo.mean()))
 
     distractors = []
     for index in range(int(rng.integers(spec.distractors[0], spec.distractors[1] + 1))):
-        photo, mapping, name = _texture(rng, spec, split)
+        photo, mapping, name = texture(rng, split, spec.size, spec.photo_scales, spec.blur)
         photos.append(name)
         radius = float(rng.uniform(0.05, 0.12)) * spec.size
         centre = rng.uniform(0.1, 0.9, 2) * spec.size
         velocity, spin = rng.uniform(-1.2, 1.2, 2), math.radians(float(rng.uniform(-4, 4)))
-        pose = np.stack([_shift(*(centre + velocity * t)) @ _rot(spin * t) for t in range(frames)])
+        pose = np.stack([shift(*(centre + velocity * t)) @ rot(spin * t) for t in range(frames)])
         in_front = bool(rng.random() < 0.5)
-        distractors.append((in_front, _Layer(f"distractor{index}", pose, (radius, radius * float(rng.uniform(0.5, 1.0))),
+        distractors.append((in_front, Layer(f"distractor{index}", pose, (radius, radius * float(rng.uniform(0.5, 1.0))),
                                              0.0, photo, mapping)))
     order = ["thigh:far", "shin:far", "upper_arm:far", "forearm:far", "torso", "head", "thigh:near", "shin:near",
              "upper_arm:near", "forearm:near"]
@@ -205,85 +155,17 @@ def _layers(rng: np.random.Generator, spec: ActionSpec, split: str, action: str)
     return layers, draws
 
 
-def _render(layers: list[_Layer], camera: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
-    """Frames ``(T, H, W)`` float, layer ids ``(T, H, W)`` and per layer its maps ``(T, 3, 3)`` own -> image."""
-    ys, xs = np.mgrid[0:size, 0:size].astype(np.float64)
-    points = np.stack([xs.ravel(), ys.ravel(), np.ones(size * size)])
-    frames = np.zeros((len(camera), size, size))
-    ids = np.zeros((len(camera), size, size), np.int16)
-    to_image = [camera @ layer.pose for layer in layers]
-    for t in range(len(camera)):
-        for index, layer in enumerate(layers):
-            own = np.linalg.inv(to_image[index][t]) @ points
-            u, v = own[0].reshape(size, size), own[1].reshape(size, size)
-            if layer.half_axes is None:
-                inside = np.ones((size, size), bool)
-            else:
-                a, b = layer.half_axes
-                inside = (u / a) ** 2 + ((v - layer.centre_v) / b) ** 2 <= 1.0
-            if not inside.any():
-                continue
-            ox, oy, k = layer.photo_map
-            sample = cv2.remap(layer.photo, (ox + k * u).astype(np.float32), (oy + k * v).astype(np.float32),
-                               cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
-            frames[t][inside] = layer.gain * sample[inside] + layer.bias
-            ids[t][inside] = index
-    return frames, ids, to_image
-
-
-def _flow(ids: np.ndarray, to_image: list[np.ndarray], size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Exact flow ``(T-1, 2, H, W)``, validity and the pixels of exact colour, each ``(T-1, H, W)``.
-
-    Valid: the pixel lands inside the frame, on its own layer (not occluded in ``t + 1``).
-    Exact colour: valid, and neither the pixel at ``t`` nor the four pixels around where it lands at
-    ``t + 1`` touch another layer, so bilinear warping mixes no other layer's grey levels in."""
-    steps = len(ids) - 1
-    ys, xs = np.mgrid[0:size, 0:size].astype(np.float64)
-    points = np.stack([xs.ravel(), ys.ravel(), np.ones(size * size)])
-    padded = np.pad(ids, ((0, 0), (1, 1), (1, 1)), mode="edge")
-    boundary = np.zeros(ids.shape, bool)  # a 3 x 3 neighbourhood holding another layer
-    for dy in range(3):
-        for dx in range(3):
-            boundary |= padded[:, dy:dy + size, dx:dx + size] != ids
-    flow = np.zeros((steps, 2, size, size), np.float32)
-    valid = np.zeros((steps, size, size), bool)
-    exact = np.zeros((steps, size, size), bool)
-    for t in range(steps):
-        target = np.zeros((2, size * size))
-        for index, maps in enumerate(to_image):
-            mine = ids[t].ravel() == index
-            if mine.any():
-                target[:, mine] = (maps[t + 1] @ np.linalg.inv(maps[t]) @ points[:, mine])[:2]
-        flow[t] = (target - points[:2]).reshape(2, size, size)
-        x, y = target[0].reshape(size, size), target[1].reshape(size, size)
-        inside = (x >= 0) & (x <= size - 1) & (y >= 0) & (y <= size - 1)
-        xi, yi = np.clip(np.rint(x), 0, size - 1).astype(int), np.clip(np.rint(y), 0, size - 1).astype(int)
-        valid[t] = inside & (ids[t + 1][yi, xi] == ids[t])
-        exact[t] = valid[t] & ~boundary[t] & ~boundary[t + 1][yi, xi]
-    return flow, valid, exact
-
-
-@dataclass
-class ActionClip(SyntheticClip):
-    """A :class:`SyntheticClip` with the draws that made it (``info``: the figure's height, standing
-    point, facing, drift, the photographs used, ...) and ``exact`` ``(T-1, H, W)``: the valid pixels
-    whose warp mixes in no other layer's grey levels (the ones to check exactness on)."""
-
-    info: dict = field(default_factory=dict)
-    exact: np.ndarray | None = None
-
-
 def render_action_clip(label: int, rng: np.random.Generator, spec: ActionSpec = ActionSpec(),
-                       split: str = "train") -> ActionClip:
+                       split: str = "train") -> LayeredClip:
     """One clip of action ``spec.classes[label]``: frames ``(T, H, W)`` uint8, exact flow
     ``(T-1, 2, H, W)`` (pixels, on frame t's grid into t+1) and validity ``(T-1, H, W)``."""
     action = spec.classes[label]
     layers, draws = _layers(rng, spec, split, action)
     camera = _camera(rng, spec)
-    frames, ids, to_image = _render(layers, camera, spec.size)
-    flow, valid, exact = _flow(ids, to_image, spec.size)
+    frames, ids, to_image = render_layers(layers, camera, spec.size)
+    flow, valid, exact = layer_flow(ids, to_image, spec.size)
     if spec.photometric:
         gain = 1.0 + float(rng.uniform(-spec.brightness_drift, spec.brightness_drift)) * np.arange(spec.num_frames)
         frames = frames * gain[:, None, None] + rng.normal(0.0, float(rng.uniform(*spec.noise)), frames.shape)
     frames = np.clip(np.rint(frames), 0, 255).astype(np.uint8)
-    return ActionClip(frames, flow, valid, label, np.zeros(spec.num_frames - 1, bool), info=draws, exact=exact)
+    return LayeredClip(frames, flow, valid, label, np.zeros(spec.num_frames - 1, bool), info=draws, exact=exact)

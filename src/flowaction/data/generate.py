@@ -1,4 +1,4 @@
-"""Write a generated benchmark (the motion world or the articulated actions) into a clip cache,
+"""Write a generated benchmark (the motion world, the articulated actions or the flow scenes) into a clip cache,
 like prepared videos.
 
 The generated clips go through the same shards, index and loaders as real videos; each split is
@@ -20,24 +20,28 @@ from tqdm import tqdm
 
 from flowaction.data.actions import ActionSpec, render_action_clip
 from flowaction.data.cache import INDEX_NAME, ClipCache, ShardWriter, VideoRecord, write_index
+from flowaction.data.scenes import SceneSpec, render_scene_clip
 from flowaction.data.synthetic import CLASS_NAMES, SyntheticClip, SyntheticSpec, clip_rng, render_clip
 
 SPLITS = ("train", "val", "test")
+Spec = SyntheticSpec | ActionSpec | SceneSpec
 PARALLEL_FROM = 400  # clips: fewer are generated in this process (starting workers costs about as much)
 CHUNK = 32  # clips per task of a worker
 
 
-def class_names(spec: SyntheticSpec | ActionSpec) -> list[str]:
+def class_names(spec: Spec) -> list[str]:
     """The class names of a generated benchmark, in label order."""
-    names = spec.classes if isinstance(spec, ActionSpec) else CLASS_NAMES
+    names = spec.classes if isinstance(spec, (ActionSpec, SceneSpec)) else CLASS_NAMES
     return list(names[: spec.num_classes])
 
 
-def _render(spec: SyntheticSpec | ActionSpec, split: str, seed: int, index: int) -> SyntheticClip:
+def _render(spec: Spec, split: str, seed: int, index: int) -> SyntheticClip:
     """Clip ``index`` of a split: label ``index % K``, stream ``clip_rng(seed, split, index)``."""
     rng = clip_rng(seed, split, index)
     if isinstance(spec, ActionSpec):
         return render_action_clip(index % spec.num_classes, rng, spec, split)
+    if isinstance(spec, SceneSpec):
+        return render_scene_clip(index % spec.num_classes, rng, spec, split)
     return render_clip(index % spec.num_classes, rng, spec)
 
 
@@ -46,7 +50,7 @@ def _render_chunk(task: tuple) -> list[SyntheticClip]:
     return [_render(spec, split, seed, index) for index in range(start, stop)]
 
 
-def generate_clips(spec: SyntheticSpec | ActionSpec, split: str, count: int, seed: int,
+def generate_clips(spec: Spec, split: str, count: int, seed: int,
                    workers: int = 1) -> Iterator[SyntheticClip]:
     """The first ``count`` clips of a split in order, rendered by ``workers`` processes."""
     if workers <= 1 or count < PARALLEL_FROM:
@@ -61,7 +65,7 @@ def generate_clips(spec: SyntheticSpec | ActionSpec, split: str, count: int, see
 
 def synthetic_cache(
     out_dir: str | Path,
-    spec: SyntheticSpec | ActionSpec,
+    spec: Spec,
     clips_per_class: dict[str, int],
     seed: int,
     shard_size: int = 256,
@@ -71,7 +75,8 @@ def synthetic_cache(
     """Generate (or reuse) the benchmark as a cache in ``out_dir`` and open it.
 
     Args:
-        spec: the motion world's :class:`SyntheticSpec` or the actions' :class:`ActionSpec`.
+        spec: the motion world's :class:`SyntheticSpec`, the actions' :class:`ActionSpec` or the
+            scenes' :class:`SceneSpec`.
         clips_per_class: e.g. ``{"train": 60, "val": 10, "test": 20}``.
         shard_size: clips per shard.
         workers: generating processes (0: one per core); small generations use this process.
@@ -83,8 +88,8 @@ def synthetic_cache(
         "clips_per_class": dict(clips_per_class),
         "seed": seed,
     }
-    if isinstance(spec, ActionSpec):
-        meta["kind"] = "actions"
+    if isinstance(spec, (ActionSpec, SceneSpec)):
+        meta["kind"] = "actions" if isinstance(spec, ActionSpec) else "scenes"
     workers = workers or os.cpu_count() or 1
     if (out_dir / INDEX_NAME).is_file() and _is_generated_index(out_dir / INDEX_NAME):
         cache = ClipCache.open(out_dir)

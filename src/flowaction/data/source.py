@@ -7,16 +7,19 @@ from flowaction.config import SYNTHETIC_DEFAULT_CLASSES, Config
 from flowaction.data.actions import ActionSpec
 from flowaction.data.cache import ClipCache
 from flowaction.data.generate import synthetic_cache
+from flowaction.data.scenes import SceneSpec
 from flowaction.data.synthetic import SyntheticSpec
 
 
-def synthetic_spec(cfg: Config) -> SyntheticSpec | ActionSpec:
+def synthetic_spec(cfg: Config) -> SyntheticSpec | ActionSpec | SceneSpec:
     """The generated benchmark's settings a config names (``data.synthetic``): the motion world's
-    or the articulated actions' (``data.synthetic.kind``)."""
+    the articulated actions' or the flow scenes' (``data.synthetic.kind``)."""
     s = cfg.data.synthetic
     classes = s.num_classes or SYNTHETIC_DEFAULT_CLASSES[s.kind]
     if s.kind == "actions":
         return ActionSpec(size=s.size, num_frames=s.num_frames, num_classes=classes)
+    if s.kind == "scenes":
+        return SceneSpec(size=s.size, num_frames=s.num_frames, num_classes=classes)
     return SyntheticSpec(size=s.size, num_frames=s.num_frames, num_classes=classes)
 
 

@@ -1,0 +1,29 @@
+"""Flow networks for the flow benchmarks: a shipped name (``default``, ``actions``) or a file
+(``flownet.pt`` from ``pretrain-flow``, or a run checkpoint), wrapped in a joint model whose
+``flows`` path does the same normalisation and triplet grouping as training."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from flowaction.config import ModelConfig
+from flowaction.models.build import build_joint_model
+from flowaction.models.weights import SHIPPED_FLOW, load_flow_weights, shipped_flow_weights
+
+
+def flow_model(weights: str = "default") -> torch.nn.Module:
+    """A joint model whose flow network is ``weights`` (only its ``flows`` path is used)."""
+    path = shipped_flow_weights(weights) if weights in SHIPPED_FLOW else Path(weights)
+    state = torch.load(path, weights_only=True)
+    model_cfg = state.get("config", {}).get("model", {})
+    width = state.get("flow_width") or model_cfg.get("flow_width", ModelConfig.flow_width)
+    refine = bool(state.get("flow_refine", model_cfg.get("flow_refine", False)))
+    model = build_joint_model(num_classes=2, depth=10, flow_width=width, triplet_stride=1, flow_refine=refine)
+    load_flow_weights(model.flow_net, weights)
+    return model.eval()
+
+
+def method_name(weights: str) -> str:
+    """``learned`` for the default network, ``learned-<name>`` for another."""
+    return "learned" if weights == "default" else f"learned-{Path(weights).stem}"
