@@ -138,3 +138,40 @@ def test_truth_model_classifies_the_ground_truth_of_the_triplets_pairs():
     assert torch.equal(flows, flow[:, [0, 3, 6, 9, 12]].transpose(1, 2))  # pair j*s -> j*s+1
     with pytest.raises(ValueError, match="ground-truth flow"):
         forward_batch(model, {k: v for k, v in batch.items() if k != "flow"}, torch.device("cpu"), LossWeights())
+
+
+def test_the_pyramid_search_finds_a_motion_beyond_the_plain_cost_volume_and_warping_cancels_it():
+    """At 1/8 resolution a shift of 8 px is one cell: the coarse cost is smallest there. After the
+    second frame is warped back by that flow, the next level's cost is smallest at no shift."""
+    torch.manual_seed(0)
+    texture = torch.nn.functional.avg_pool2d(torch.randn(1, 1, 80, 80), 3, 1, 1)
+    first, second = texture[..., 8:72, 8:72], texture[..., 8:72, 0:64]  # second = first moved 8 px right
+    net = FlowNet(pyramid=True)
+    r = net.PYRAMID_RADIUS
+    shifts = [(dy, dx) for dy in range(-r, r + 1) for dx in range(-r, r + 1)]
+    coarse = net._level_cost(first, second, (8, 8), None)[..., 2:6, 2:6].mean((0, 2, 3))
+    assert shifts[int(coarse.argmin())] == (0, 1)  # one cell of 8 px, to the right
+    # the plain network's cost volume reaches +-3 px at full resolution: it cannot hold 8 px
+    assert net.correlation_radius < 8
+    flow = torch.zeros(1, 2, 16, 16)
+    flow[:, 0] = 2.0  # the 8 px motion in pixels of the 1/4 level
+    warped = net._level_cost(first, second, (16, 16), flow)[..., 4:12, 4:12].mean((0, 2, 3))
+    assert shifts[int(warped.argmin())] == (0, 0)
+
+
+def test_flow_pyramid_config_builds_it_and_weights_of_the_other_kind_are_refused(tmp_path):
+    from flowaction.config import from_dict
+    from flowaction.models.build import build_model
+    from flowaction.models.weights import load_flow_weights, save_flow_weights
+
+    model = build_model(from_dict({}, ["model.flow_pyramid=true", "model.depth=10"]), 3)
+    assert model.flow_net.pyramid and hasattr(model.flow_net, "mix3")
+    assert model(torch.rand(1, 1, 4, 40, 40))[1].shape == (1, 2, 1, 40, 40)  # stride 3: one triplet
+    save_flow_weights(tmp_path / "pyramid.pt", model.flow_net, {})
+    loaded = FlowNet(pyramid=True)
+    load_flow_weights(loaded, tmp_path / "pyramid.pt")
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in model.flow_net.state_dict().items())
+    with pytest.raises(ValueError, match="with the search at every level.*model.flow_pyramid=false"):
+        load_flow_weights(FlowNet(), tmp_path / "pyramid.pt")
+    with pytest.raises(ValueError, match="without the search at every level.*model.flow_pyramid=true"):
+        load_flow_weights(FlowNet(pyramid=True), "default")

@@ -161,3 +161,28 @@ def test_pretrain_flow_continues_from_flow_init(tmp_path):
     fresh = tmp_path / "fresh"
     assert main(["pretrain-flow", "--out", str(fresh), "--steps", "1", *common, "optim.lr=1e-12"]) == 0
     assert not torch.allclose(load_checkpoint(fresh / "flownet.pt")["model"]["stem.weight"], source["stem.weight"])
+
+
+def test_data_mix_adds_the_training_clips_of_every_named_cache(tmp_path):
+    from flowaction.data.actions import ActionSpec
+    from flowaction.data.clips import ClipDataset, ClipSpec
+    from flowaction.data.generate import synthetic_cache
+    from flowaction.data.scenes import SceneSpec
+    from flowaction.engine.loaders import jitter_spec, triplet_loader
+
+    scenes = synthetic_cache(tmp_path / "scenes", SceneSpec(size=32, num_frames=4), {"train": 5, "val": 1}, 0, progress=False)
+    acts = synthetic_cache(tmp_path / "acts", ActionSpec(size=32, num_frames=4, num_classes=2), {"train": 3}, 0,
+                           progress=False)
+    small = synthetic_cache(tmp_path / "small", SceneSpec(size=16, num_frames=4), {"train": 2}, 0, progress=False)
+    cfg = from_dict({}, ["data.crop=24", f"data.mix={acts.root}"])
+    loader = triplet_loader(cfg, scenes, "train", 4)
+    assert len(loader.dataset) == 5 + 6
+    # an item past the first source's clips is the mixed cache's own clip, drawn as it would be alone
+    alone = ClipDataset(acts, "train", "train", ClipSpec(3, 1, 24, 1), jitter_spec(cfg), seed=cfg.seed)
+    assert torch.equal(loader.dataset[(2, 5 + 4)]["frames"], alone[(2, 4)]["frames"])
+    assert loader.dataset[(2, 5 + 4)]["frames"].shape == (1, 3, 24, 24)
+    assert sum(1 for _ in loader) == len(loader.dataset) // 4  # whole batches from both sources
+    with pytest.raises(ValueError, match=r"data.crop=24 exceeds the frames of .*small \(16 x 16\)"):
+        triplet_loader(from_dict({}, ["data.crop=24", f"data.mix={small.root}"]), scenes, "train", 4)
+    with pytest.raises(ValueError, match="has no 'val' clips"):
+        triplet_loader(from_dict({}, ["data.crop=24", f"data.mix={acts.root}"]), scenes, "val", 4)

@@ -117,7 +117,8 @@ class ClipDataset(Dataset):
         self.span = (clip.num_frames - 1) * clip.frame_step + 1
         height, width = cache.index["frame_size"]
         if clip.crop > min(height, width):
-            raise ValueError(f"crop {clip.crop} exceeds the cached frame size {height}x{width}")
+            raise ValueError(f"data.crop={clip.crop} exceeds the frames of {cache.root} ({height} x {width}): "
+                             "prepare or generate it at a larger size, or lower data.crop")
         self.with_flow = cache.with_flow and clip.frame_step == 1
         if classical and clip.frame_step != 1:
             raise ValueError("precomputed classical flow relates consecutive frames: use frame_step 1")
@@ -176,3 +177,24 @@ class ClipDataset(Dataset):
             clip = clip[..., ::-1]
         sample["frames"] = torch.from_numpy(np.ascontiguousarray(clip)).unsqueeze(0)
         return sample
+
+
+class MixedClips(Dataset):
+    """The items of several :class:`ClipDataset` s in one sequence (their frames only), for flow
+    pre-training on several sources at once: item ``i`` is the first dataset's while ``i`` is below
+    its length, and so on, each in proportion to its clip count. Indexed like a ClipDataset (a plain
+    index or ``(epoch, index)``); ``label`` is 0 and ``video`` the item's own index, since sources
+    neither share classes nor carry ground truth alike."""
+
+    def __init__(self, parts: list[ClipDataset]) -> None:
+        self.parts = parts
+        self.starts = np.cumsum([0] + [len(part) for part in parts])
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def __getitem__(self, item: int | tuple[int, int]) -> dict:
+        epoch, index = item if isinstance(item, tuple) else (0, item)
+        part = int(np.searchsorted(self.starts, index, side="right")) - 1
+        sample = self.parts[part][(epoch, index - int(self.starts[part]))]
+        return {"frames": sample["frames"], "label": 0, "video": index}

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 from flowaction.config import Config
 from flowaction.data.cache import ClipCache
 from flowaction.data.classical_cache import ensure_classical_flow
-from flowaction.data.clips import ClipDataset, ClipSpec, JitterSpec
+from flowaction.data.clips import ClipDataset, ClipSpec, JitterSpec, MixedClips
 from flowaction.data.sampler import EpochSampler
 
 
@@ -116,11 +116,24 @@ def make_loader(
 
 def triplet_loader(cfg: Config, cache: ClipCache, split: str, batch_size: int) -> DataLoader:
     """Training items of flow pre-training: one random frame triplet per item (a random start,
-    crop and colour jitter per triplet), shuffled per epoch, whole batches only."""
+    crop and colour jitter per triplet), shuffled per epoch, whole batches only. With
+    ``data.mix`` the same split of every cache it names is added (:func:`mixed_caches`)."""
     spec = ClipSpec(3, cfg.data.frame_step, cfg.data.crop, 1)
     dataset = ClipDataset(cache, split, "train", spec, jitter_spec(cfg), seed=cfg.seed)
+    if cfg.data.mix:
+        dataset = MixedClips([dataset] + [ClipDataset(extra, split, "train", spec, jitter_spec(cfg), seed=cfg.seed)
+                                          for extra in mixed_caches(cfg, split)])
     sampler = EpochSampler(len(dataset), True, cfg.seed, batch_size=batch_size)
     return loader_of(cfg, dataset, batch_size, sampler, drop_last=True, seeded=False)
+
+
+def mixed_caches(cfg: Config, split: str) -> list[ClipCache]:
+    """The caches ``data.mix`` names (comma-separated folders), each checked to have ``split``."""
+    caches = [ClipCache.open(path.strip()) for path in cfg.data.mix.split(",") if path.strip()]
+    for extra in caches:
+        if not extra.split(split):
+            raise ValueError(f"data.mix: {extra.root} has no {split!r} clips (it has: {', '.join(extra.splits()) or 'none'})")
+    return caches
 
 
 def begin_epoch(loader: DataLoader, epoch: int, skip_batches: int = 0) -> None:

@@ -27,7 +27,7 @@ from flowaction.config import Config, save_config, to_dict
 from flowaction.data.cache import ClipCache
 from flowaction.data.clips import ClipDataset, add_input_noise
 from flowaction.engine.evaluate import score_flows
-from flowaction.engine.loaders import begin_epoch, clip_spec, loader_of, triplet_loader
+from flowaction.engine.loaders import begin_epoch, clip_spec, loader_of, mixed_caches, triplet_loader
 from flowaction.engine.optim import adam_options, clip_gradients, learning_rate
 from flowaction.flow.metrics import FlowErrors, describe_flow_errors
 from flowaction.losses import flow_loss_terms
@@ -85,7 +85,8 @@ def pretrain_flow(
     """
     out = Path(out)
     batch_size = cfg.optim.batch_size
-    train_clips = len(cache.split(cfg.data.train_split))
+    mixed = sum(len(extra.split(cfg.data.train_split)) for extra in mixed_caches(cfg, cfg.data.train_split))
+    train_clips = len(cache.split(cfg.data.train_split)) + mixed
     if 0 < train_clips < batch_size:  # whole batches only: a batch larger than the split would give no step
         log(f"the {cfg.data.train_split!r} split has {train_clips} clip(s), fewer than optim.batch_size={batch_size}: "
             f"each step takes one triplet of every clip ({train_clips} per step)")
@@ -97,7 +98,7 @@ def pretrain_flow(
     save_config(cfg, out / "config.yaml")
     torch.manual_seed(cfg.seed)
     apply_process_settings(cfg)
-    flow_net = FlowNet(width=cfg.model.flow_width, refine=cfg.model.flow_refine)
+    flow_net = FlowNet(width=cfg.model.flow_width, refine=cfg.model.flow_refine, pyramid=cfg.model.flow_pyramid)
     if cfg.model.flow_init != "none" and not (resume and (out / "last.pt").is_file()):
         # continue from a pre-trained network (e.g. the shipped one, on your own videos)
         meta = load_flow_weights(flow_net, cfg.model.flow_init)
@@ -116,7 +117,8 @@ def pretrain_flow(
         restore_rng(state["rng"])
         log(f"resumed from {last} at step {step}")
     if step == 0:
-        log(f"data: {train_clips} training clips, {len(val_clips)} validation clips ({cache.root}); flow network "
+        source = f" ({mixed} of them from data.mix)" if mixed else ""
+        log(f"data: {train_clips} training clips{source}, {len(val_clips)} validation clips ({cache.root}); flow network "
             f"of width {flow_net.width}, {count_parameters(flow_net):,} parameters; {steps} steps of {batch_size} "
             f"triplets, validated every {eval_every}; outputs in {out}")
     logger = RunLogger(out, tensorboard=False)

@@ -4,7 +4,9 @@ Its first layer is a 3D convolution over the triplet (temporal kernel 3, no temp
 which collapses time; the rest is a 2D encoder-decoder with skip connections that predicts the
 flow coarse-to-fine. Most of its work runs at 1/2 resolution and below: a full-resolution network
 costs as much per step as the 3D ResNet behind it. An optional thin full-resolution level
-(``refine``) corrects the upsampled flow from the warp error it leaves.
+(``refine``) corrects the upsampled flow from the warp error it leaves. An optional search at every
+level (``pyramid``) matches the frames at 1/8, 1/4 and 1/2 resolution, the second one warped by
+the coarser level's flow first, so that motions of several pixels are found coarse-to-fine.
 """
 from __future__ import annotations
 
@@ -36,11 +38,18 @@ class FlowNet(nn.Module):
             frame by the upsampled flow, compares it with the first frame and predicts a
             correction at every pixel (sub-pixel motion and flow edges that the half-resolution
             flow blurs).
+        pyramid: add a matching cost at every decoder level (PWC-Net's coarse-to-fine search): the
+            frames average-pooled to 1/8, 1/4 and 1/2 resolution, the second one warped by the
+            flow of the level below, compared with the first at every shift of up to
+            ``PYRAMID_RADIUS`` px of that level. At 1/8 that is a search of +-16 px of the full
+            frame, where the plain network's one cost volume covers +-``correlation_radius`` px.
     """
+
+    PYRAMID_RADIUS = 2
 
     def __init__(
         self, width: int = 16, in_frames: int = 3, correlation_radius: int = 3, zero_output: bool = True,
-        refine: bool = False,
+        refine: bool = False, pyramid: bool = False,
     ) -> None:
         super().__init__()
         c1, c2, c3, c4 = width, 2 * width, 4 * width, 6 * width
@@ -57,11 +66,15 @@ class FlowNet(nn.Module):
         self.enc1 = _conv(c1 + c1 // 2 + cost_channels, c2)  # 1/2
         self.enc2 = nn.Sequential(_conv(c2, c3, stride=2), _conv(c3, c3))  # 1/4
         self.enc3 = nn.Sequential(_conv(c3, c4, stride=2), _conv(c4, c4))  # 1/8
+        self.pyramid = pyramid
+        search = (2 * self.PYRAMID_RADIUS + 1) ** 2 if pyramid else 0
+        if pyramid:
+            self.mix3 = _conv(c4 + search, c4)
         self.predict3 = nn.Conv2d(c4, 2, 3, padding=1)
         # narrow decoder: at 1/4 and 1/2 resolution it dominates the cost, so it stays thin
-        self.dec2 = _conv(c4 + c3 + 2, c2)
+        self.dec2 = _conv(c4 + c3 + 2 + search, c2)
         self.predict2 = nn.Conv2d(c2, 2, 3, padding=1)
-        self.dec1 = _conv(c2 + c2 + 2, c1)
+        self.dec1 = _conv(c2 + c2 + 2 + search, c1)
         self.predict1 = nn.Conv2d(c1, 2, 3, padding=1)
         self.refine = refine
         predictors = [self.predict3, self.predict2, self.predict1]
@@ -98,6 +111,21 @@ class FlowNet(nn.Module):
             torch.sub(first[:, 0], padded[:, r + dy : r + dy + height, r + dx : r + dx + width], out=costs[:, channel])
         return F.avg_pool2d(costs.square_(), 2, ceil_mode=True)
 
+    def _level_cost(self, first: torch.Tensor, second: torch.Tensor, size: tuple[int, int],
+                    flow: torch.Tensor | None) -> torch.Tensor:
+        """Squared differences ``(N, (2R+1)^2, h, w)`` of ``first`` and ``second`` (``(N, 1, H, W)``)
+        average-pooled to ``size``, ``second`` warped by ``flow`` (pixels of ``size``) first, at
+        every shift of up to ``R = PYRAMID_RADIUS`` px."""
+        a = F.adaptive_avg_pool2d(first, size)
+        b = F.adaptive_avg_pool2d(second, size)
+        if flow is not None:
+            b = backward_warp(b, flow)
+        r = self.PYRAMID_RADIUS
+        padded = F.pad(b, (r, r, r, r), mode="replicate")
+        height, width = size
+        return torch.cat([(a - padded[..., r + dy : r + dy + height, r + dx : r + dx + width]).square()
+                          for dy in range(-r, r + 1) for dx in range(-r, r + 1)], dim=1)
+
     @staticmethod
     def _upsample_flow(flow: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """Resize a flow field and rescale its vectors so they stay in pixels of ``size``."""
@@ -129,12 +157,17 @@ class FlowNet(nn.Module):
         x1 = self.enc1(x0)
         x2 = self.enc2(x1)
         x3 = self.enc3(x2)
+        first, second = triplets[:, :, 0], triplets[:, :, 1]
+        if self.pyramid:
+            x3 = self.mix3(torch.cat((x3, self._level_cost(first, second, x3.shape[-2:], None)), 1))
         flow3 = self.predict3(x3)
         up3 = self._upsample_flow(flow3, x2.shape[-2:])
-        d2 = self.dec2(torch.cat((F.interpolate(x3, size=x2.shape[-2:], mode="nearest"), x2, up3), 1))
+        extra2 = [self._level_cost(first, second, x2.shape[-2:], up3)] if self.pyramid else []
+        d2 = self.dec2(torch.cat([F.interpolate(x3, size=x2.shape[-2:], mode="nearest"), x2, up3, *extra2], 1))
         flow2 = up3 + self.predict2(d2)
         up2 = self._upsample_flow(flow2, x1.shape[-2:])
-        d1 = self.dec1(torch.cat((F.interpolate(d2, size=x1.shape[-2:], mode="nearest"), x1, up2), 1))
+        extra1 = [self._level_cost(first, second, x1.shape[-2:], up2)] if self.pyramid else []
+        d1 = self.dec1(torch.cat([F.interpolate(d2, size=x1.shape[-2:], mode="nearest"), x1, up2, *extra1], 1))
         flow1 = up2 + self.predict1(d1)
         flow = self._upsample_flow(flow1, (height, width))
         if self.refine:

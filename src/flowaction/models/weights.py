@@ -54,7 +54,7 @@ def default_flow_weights() -> Path:
 def save_flow_weights(path: str | os.PathLike, flow_net: FlowNet, meta: dict[str, Any]) -> None:
     """Write a flow network as plain tensors plus its width (atomic)."""
     state = {"kind": FLOW_KIND, "flow_width": flow_net.width, "flow_refine": flow_net.refine,
-             "model": flow_net.state_dict(), "meta": meta}
+             "flow_pyramid": flow_net.pyramid, "model": flow_net.state_dict(), "meta": meta}
     save_checkpoint(path, {**state, "config": {}, "classes": []})
 
 
@@ -66,6 +66,7 @@ def load_flow_weights(flow_net: FlowNet, source: str | os.PathLike) -> dict:
     if state.get("kind") == FLOW_KIND:
         weights, width = state["model"], state["flow_width"]
         refine = state.get("flow_refine", False)
+        pyramid = state.get("flow_pyramid", False)
     else:  # a whole flowaction run checkpoint: take its flow network
         weights = {k[len("flow_net."):]: v for k, v in state["model"].items() if k.startswith("flow_net.")}
         if not weights:
@@ -73,9 +74,15 @@ def load_flow_weights(flow_net: FlowNet, source: str | os.PathLike) -> dict:
                              f"{state.get('config', {}).get('model', {}).get('input')!r})")
         width = state.get("config", {}).get("model", {}).get("flow_width")
         refine = state.get("config", {}).get("model", {}).get("flow_refine", False)
+        pyramid = state.get("config", {}).get("model", {}).get("flow_pyramid", False)
     if width != flow_net.width:
         raise ValueError(f"{path} holds a flow network of width {width}; this model has model.flow_width="
                          f"{flow_net.width}: set model.flow_width={width} or pre-train one of that width")
+    if pyramid != flow_net.pyramid:
+        have, want = ("with", "without") if pyramid else ("without", "with")
+        raise ValueError(f"{path} holds a flow network {have} the search at every level; this model has "
+                         f"model.flow_pyramid={str(flow_net.pyramid).lower()}: set model.flow_pyramid="
+                         f"{str(pyramid).lower()} or pre-train one {want} it")
     if flow_net.refine and not refine:
         # a network without the full-resolution level starts one with it: the new level's output
         # layer starts at zero, so the flow equals the loaded network's until training moves it
