@@ -19,7 +19,9 @@ def flow_model(weights: str = "default") -> torch.nn.Module:
     model_cfg = state.get("config", {}).get("model", {})
     width = state.get("flow_width") or model_cfg.get("flow_width", ModelConfig.flow_width)
     refine = bool(state.get("flow_refine", model_cfg.get("flow_refine", False)))
-    model = build_joint_model(num_classes=2, depth=10, flow_width=width, triplet_stride=1, flow_refine=refine)
+    pyramid = bool(state.get("flow_pyramid", model_cfg.get("flow_pyramid", False)))
+    model = build_joint_model(num_classes=2, depth=10, flow_width=width, triplet_stride=1, flow_refine=refine,
+                              flow_pyramid=pyramid)
     load_flow_weights(model.flow_net, weights)
     return model.eval()
 
