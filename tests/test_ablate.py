@@ -20,6 +20,8 @@ def test_ablate_writes_summary_and_resumes(tmp_path):
     for text in ("| learned | 2 |", "| frames | 2 |", "Sample efficiency", "| dis |", "flowaction ablate"):
         assert text in table, text
     assert (out / "ablation.png").is_file() and (out / "sample_efficiency.png").is_file()
+    sweep_rows = [line for line in table.split("## Sample efficiency")[1].splitlines() if line.startswith("| dis |")]
+    assert sweep_rows and sweep_rows[0].count("(2 seeds)") == 2  # every cell says how many runs it holds
     result = json.loads((out / "runs" / "learned" / "seed1" / "result.json").read_text())
     assert result["config"]["seed"] == 1 and result["flow_epe"] is not None and result["parameters"] > 0
     assert not (out / "runs" / "learned" / "seed1" / "best.pt").exists()  # checkpoints dropped

@@ -122,6 +122,13 @@ def _fmt(stat, scale: float = 1.0, digits: int = 1) -> str:
     return f"{stat[0] * scale:.{digits}f} ± {stat[1] * scale:.{digits}f}"
 
 
+def _seeds_cell(values: list[float]) -> str:
+    """A sweep cell in %: mean ± std and how many seeds, or the one seed's figure as such."""
+    if len(values) == 1:
+        return f"{100 * values[0]:.1f} (1 seed)"
+    return "n/a" if not values else f"{_fmt(_stats(values), 100)} ({len(values)} seeds)"
+
+
 def pair_accuracy(confusion: list[list[int]], classes: list[str], pair: tuple[str, str]) -> float | None:
     """Of the test videos of a pair's two classes that were given one of those two classes, the
     share given the right one: 0.5 is chance between them (None if no such video)."""
@@ -196,12 +203,12 @@ def summarise(results: dict[str, list[dict]], sweep: dict[str, dict[int, list[di
         )
     lines += _class_tables(results)
     if sweep:
-        lines += ["", "## Sample efficiency (test clip accuracy, %, by training clips per class)", ""]
+        lines += ["", "## Sample efficiency (test clip accuracy, %, by training clips per class, equal steps)", ""]
         sizes = sorted({n for by_size in sweep.values() for n in by_size})
         lines.append("| variant | " + " | ".join(str(n) for n in sizes) + " |")
         lines.append("| --- |" + " --- |" * len(sizes))
         for variant, by_size in sweep.items():
-            cells = [_fmt(_stats([r["clip_accuracy"] for r in by_size.get(n, [])]), 100) for n in sizes]
+            cells = [_seeds_cell([r["clip_accuracy"] for r in by_size.get(n, [])]) for n in sizes]
             lines.append(f"| {variant} | " + " | ".join(cells) + " |")
     tmp = out / ".results.md.tmp"
     tmp.write_text("\n".join(lines) + "\n")
