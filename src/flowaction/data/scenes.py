@@ -70,11 +70,11 @@ def _layers(rng: np.random.Generator, spec: SceneSpec, split: str) -> tuple[list
     """The background and the pieces, back to front; each piece's gain per frame; the draws."""
     size, frames = spec.size, spec.num_frames
     factors = tuple(f * 64.0 / size for f in spec.photo_scales)  # the same photograph detail per frame
-    photo, (ox, oy, k), name = texture(rng, split, size, factors, spec.blur)
+    photo, mapping, name = texture(rng, split, size, factors, spec.blur)
     # the background's own origin at the frame centre, so it turns and zooms about the middle
     centre = np.array([size / 2.0, size / 2.0])
     background = Layer("background", _motion(rng, spec, centre, spec.background_speed * spec.max_speed), None, 0.0,
-                       photo, (ox, oy, k))
+                       photo, mapping)
     layers, gains, photos, speeds = [background], [], [name], []
     for index in range(int(rng.integers(spec.pieces[0], spec.pieces[1] + 1))):
         photo, mapping, name = texture(rng, split, size, factors, spec.blur)
