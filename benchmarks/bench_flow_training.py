@@ -66,7 +66,7 @@ RUNS: dict[str, list[str] | None] = {
 
 def base_config(args: argparse.Namespace, overrides: list[str]) -> Config:
     """The demo preset, flow losses only, one thread, exactly ``--steps`` steps."""
-    return load_config(preset_path("demo"), [
+    return load_config(preset_path("motion"), [
         "loss.classification=0", f"threads={args.threads}", f"optim.steps={args.steps}", f"seed={args.seed}",
         f"data.synthetic_dir={args.data}", *args.set, *overrides,
     ])

@@ -119,7 +119,7 @@ def check_train(ctx: CheckContext) -> dict:
     native bf16 the precision it resolves to must be bf16."""
     steps = 3 if ctx.smoke else 20
     out = ctx.work / "train"
-    run_command(flowaction("train", "--config", "demo", "--out", str(out), "--no-progress", f"optim.steps={steps}",
+    run_command(flowaction("train", "--config", "motion", "--out", str(out), "--no-progress", f"optim.steps={steps}",
                            *ctx.train_overrides()), ctx)
     resolved = load_config(out / "config.yaml", []).optim.amp
     expected, reason = resolve_amp("auto", ctx.device)
@@ -234,7 +234,7 @@ def check_torchrun(ctx: CheckContext) -> dict:
     out = ctx.work / "ddp"
     nccl = {"NCCL_DEBUG": "INFO"} if ctx.cuda else {}
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(ctx.nproc)]
-    done = run_command([*torchrun, "-m", "flowaction", "train", "--config", "demo", "--out", str(out), "--no-progress",
+    done = run_command([*torchrun, "-m", "flowaction", "train", "--config", "motion", "--out", str(out), "--no-progress",
                         f"optim.steps={steps}", *ctx.train_overrides()], ctx, env=ctx.env(**nccl))
     state = load_checkpoint(out / "last.pt")
     require(state["step"] == steps, f"trained {state['step']} steps, not {steps}")

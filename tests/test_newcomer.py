@@ -69,6 +69,20 @@ def test_resume_on_a_folder_without_a_run_writes_nothing(tmp_path, capsys):
     assert "no run to resume" in capsys.readouterr().err and list(empty.iterdir()) == []
 
 
+def test_resuming_a_motion_demo_with_the_actions_default_names_the_preset_and_touches_nothing(tmp_path, capsys):
+    from flowaction.config import load_config, preset_path, save_config
+
+    out = tmp_path / "demo"
+    out.mkdir()
+    save_config(load_config(preset_path("motion")), out / "config.yaml")
+    (out / "last.pt").write_bytes(b"an earlier run's checkpoint")
+    before = sorted((p.name, p.read_bytes()) for p in out.iterdir())
+    assert main(["demo", "--out", str(out), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "motion benchmark, not actions" in err and "--preset motion" in err
+    assert sorted((p.name, p.read_bytes()) for p in out.iterdir()) == before
+
+
 def test_resume_takes_the_runs_own_config_and_reports_changes(tmp_path, data_dir, capsys):
     out = tmp_path / "run"
     assert _train(out, data_dir) == 0

@@ -184,7 +184,7 @@ SYNTHETIC_KINDS = ("motion", "actions", "scenes")
 SYNTHETIC_CLASSES = {"motion": 10, "actions": 14, "scenes": 1}
 SYNTHETIC_DEFAULT_CLASSES = {"motion": 8, "actions": 14, "scenes": 1}
 #: the presets packaged with flowaction (``src/flowaction/configs/<name>.yaml``): ``--config NAME``
-PRESETS = ("demo", "actions", "tiny", "pretrain", "pretrain-scenes", "own-videos", "ucf101", "hmdb51", "ucf101-112", "hmdb51-112", "synthetic",
+PRESETS = ("actions", "motion", "tiny", "pretrain", "pretrain-scenes", "own-videos", "ucf101", "hmdb51", "ucf101-112", "hmdb51-112", "synthetic",
            "ablation")
 _CHOICES = {
     "model.depth": (10, 18, 34, 50),

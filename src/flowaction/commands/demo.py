@@ -68,7 +68,7 @@ def write_flow_pictures(checkpoint: Path, cache: ClipCache, split: str, out_dir:
 
 def run_demo(
     out: str | Path,
-    preset: str = "demo",
+    preset: str = "actions",
     overrides: list[str] | None = None,
     resume: bool = False,
     progress: bool = True,
@@ -89,6 +89,13 @@ def run_demo(
         log(f"{next(o for o in overrides if o.strip().startswith('model.input'))}: no flow network, so the "
             "preset's pre-trained one is not used")
     cfg = load_config(preset_path(preset), overrides)
+    saved = out / "config.yaml"
+    if resume and not overwrite and saved.is_file() and not cfg.data.cache:
+        kind = load_config(saved, []).data.synthetic.kind
+        if kind != cfg.data.synthetic.kind:  # e.g. a motion demo left in runs/demo before the default changed
+            raise ValueError(f"{out} holds a demo run on the {kind} benchmark, not {cfg.data.synthetic.kind}: "
+                             f"continue it with --preset {kind}, or start again with --overwrite (its files are "
+                             f"moved aside, not deleted)")
     claim_run_dir(out, resume, overwrite, delete_old, log)
     with run_lock(out):
         return _run_demo_locked(out, cfg, preset, resume, progress, log, started)
