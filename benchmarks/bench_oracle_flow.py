@@ -39,6 +39,7 @@ import torch
 from flowaction.config import load_config, preset_path
 from flowaction.engine.evaluate import gt_flow_for_model, run_evaluation, video_scores
 from flowaction.flow.classical import stacked_classical_flow
+from flowaction.flow.metrics import FlowErrors
 from flowaction.triplets import flow_pair_frames, num_triplets
 from flowaction.loss_variants import data_penalty
 from flowaction.warp import backward_warp, in_frame_mask
@@ -200,16 +201,14 @@ def oracle_accuracy(cfg, cache, threads: int, pool: int = 1) -> dict:
 @torch.no_grad()
 def pooled_truth_epe(cfg, cache, factor: int) -> float:
     """EPE (px) of the pooled ground truth against the truth on the test split's moving valid pixels."""
-    error = pixels = 0.0
+    errors = FlowErrors()
     stride = cfg.model.triplet_stride
     for batch in make_loader(cfg, cache, cfg.data.test_split, "val"):
         count = num_triplets(batch["frames"].shape[2], stride)
         truth, valid = gt_flow_for_model(batch["flow"], batch["valid"], count, stride)
-        pooled, _ = gt_flow_for_model(pooled_flow(batch["flow"], factor), batch["valid"], count, stride)
-        moving = valid & (truth.norm(dim=1) > 0.1)
-        error += float((pooled - truth).norm(dim=1)[moving].sum())
-        pixels += float(moving.sum())
-    return error / max(pixels, 1.0)
+        truth = truth.transpose(1, 2)  # (B, N, 2, H, W): the vector axis third from last, as FlowErrors takes it
+        errors.add(truth, valid, {"learned": pooled_flow(truth, factor)})
+    return errors.result()["moving_epe"] or 0.0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -262,9 +261,9 @@ def main(argv: list[str] | None = None) -> int:
               f"{100 * row['photometric_zero']:8.3f}")
     result = {"preset": args.preset, "flow_source": source, "flow_error_per_class": errors}
     if not args.skip_oracle:
-        runs = []
+        runs, epes = [], {}
         for factor in (int(f) for f in args.pool.split(",")):
-            epe = pooled_truth_epe(cfg, cache, factor)
+            epe = epes[factor] = pooled_truth_epe(cfg, cache, factor)
             for seed in range(args.seeds):
                 oracle_cfg = load_config(preset_path(args.preset), [
                     f"data.synthetic_dir={args.data}", "model.input=dis", "model.flow_init=none", f"seed={seed}"])
@@ -275,12 +274,10 @@ def main(argv: list[str] | None = None) -> int:
                       f"seed {seed}, {oracle['steps']} steps, {oracle['train_seconds']:.0f} s): "
                       f"test accuracy {oracle['test_accuracy']:.3f}")
                 print("  " + ", ".join(f"{name} {value:.2f}" for name, value in oracle["per_class"].items()))
-        result["oracle"] = runs[0]
         result["oracle_runs"] = runs
         print(f"\n{'pool':>4s} {'moving EPE (px)':>16s} {'test accuracy, per seed':>24s} {'median':>7s}")
-        for factor in sorted({r["pool"] for r in runs}):
+        for factor, epe in sorted(epes.items()):
             accs = [r["test_accuracy"] for r in runs if r["pool"] == factor]
-            epe = next(r["pooled_truth_moving_epe"] for r in runs if r["pool"] == factor)
             print(f"{factor:4d} {epe:16.3f} {' / '.join(f'{a:.3f}' for a in accs):>24s} {float(np.median(accs)):7.3f}")
     (args.out / "oracle_flow.json").write_text(json.dumps(result, indent=1))
     return 0
