@@ -124,6 +124,47 @@ def test_a_time_reversed_pair_has_the_same_single_frames(pair):
     assert forward(1.0, 0.1, 0.9) != forward(0.0, 0.1, 0.9)
 
 
+def _part_positions(frames: int, action: str, clips: int, seed: int = 3) -> np.ndarray:
+    """``(clips, T, parts, 2)`` world positions of the far ends of the figure's parts (a hand, a foot,
+    the top of the head), from the generator's own draws."""
+    spec = ActionSpec(num_frames=frames, photometric=False)
+    tracks = []
+    for index in range(clips):
+        poses, info = actions._figure_poses(clip_rng(seed, "train", index), spec, action)
+        ends = [poses[name] @ np.array([0.0, info["lengths"][name.split(":")[0]], 1.0]) for name in sorted(poses)]
+        tracks.append(np.stack(ends, axis=1)[..., :2])
+    return np.array(tracks)
+
+
+@pytest.mark.parametrize("action", ["wave-two-hands", "run", "sit-down"])
+def test_a_limb_moves_as_fast_per_frame_in_a_clip_of_8_or_32_frames_as_in_one_of_16(action):
+    def speed(frames: int) -> float:
+        tracks = _part_positions(frames, action, 120)
+        steps = np.diff(tracks, axis=1) - np.diff(tracks, axis=1).mean(2, keepdims=True)  # less the drift
+        moving = np.linalg.norm(steps, axis=-1).max(-1) > 1e-6  # one-way actions hold still outside their span
+        return float(np.linalg.norm(steps, axis=-1).mean(-1)[moving].mean())
+    reference = speed(16)
+    for frames in (8, 32):
+        assert speed(frames) == pytest.approx(reference, rel=0.12), frames
+
+
+@pytest.mark.parametrize("frames", [8, 32])
+@pytest.mark.parametrize("pair", TIME_REVERSED_PAIRS)
+def test_a_time_reversed_pair_has_the_same_single_frames_in_shorter_and_longer_clips(pair, frames):
+    rng = np.random.default_rng(1)
+    samples = []
+    for name in pair:  # the figure's pose at a random frame of each of 300 clips, relative to its pelvis
+        tracks = _part_positions(frames, name, 300)
+        tracks = tracks - tracks[:, :, :1]
+        samples.append(tracks[np.arange(len(tracks)), rng.integers(0, frames, len(tracks))].reshape(len(tracks), -1))
+    a, b = samples
+    spread = np.concatenate([a, b]).std(0) + 1e-9
+    assert (np.abs(a.mean(0) - b.mean(0)) < 4 * spread / np.sqrt(len(a))).all()
+    assert (np.abs(a.std(0) - b.std(0)) < 0.2 * spread).all()
+    # and the pair still differs by its motion: the first and last frames' poses swap
+    assert not np.allclose(_part_positions(frames, pair[0], 1)[0, 0], _part_positions(frames, pair[1], 1)[0, 0])
+
+
 def test_periodic_actions_move_their_joints_differently():
     times = np.linspace(0, 1, 16)
     tracks = {name: np.array([list(PERIODIC[name](t, 0.3, 1.2, 1.0).values()) for t in times]) for name in PERIODIC}

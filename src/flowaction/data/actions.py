@@ -13,6 +13,11 @@ Every class draws the figure (proportions, clothes, size, standing point, facing
 amplitude, phase) and the nuisance (camera pan, zoom, rotation and shake, a slow brightness drift,
 sensor noise, one or two distractors) from the same distributions; only the joints' motion
 differs. Backgrounds and clothes come from real photographs, the test split's from held-out ones.
+
+An action is timed over ``span`` frames whatever the clip's length, so a limb moves as fast per frame
+in a clip of 8 or 32 frames as in one of 16. A longer clip shows more of a periodic action, and a
+one-way action (sit down, raise the arms) at a uniform place within it, the figure holding still
+before and after. A shorter clip is a uniformly placed window of the action.
 """
 from __future__ import annotations
 
@@ -40,7 +45,8 @@ class ActionSpec:
     stand_x: tuple[float, float] = (0.35, 0.65)  # standing point, fractions of the frame
     stand_y: tuple[float, float] = (0.82, 0.92)
     drift: float = 0.35  # figure's own drift, each axis uniform in [-drift, drift] px / frame
-    cycles: tuple[float, float] = (0.8, 1.6)  # periods per clip
+    cycles: tuple[float, float] = (0.8, 1.6)  # periods per span
+    span: int = 16  # frames over which an action's cycles and one-way progress are timed
     amplitude: tuple[float, float] = (0.8, 1.2)
     progress_start: tuple[float, float] = (0.0, 0.3)  # one-way actions run between these
     progress_end: tuple[float, float] = (0.7, 1.0)
@@ -68,6 +74,9 @@ def _figure_poses(rng: np.random.Generator, spec: ActionSpec, action: str) -> tu
     phase, cycles = float(rng.uniform(0, 2 * math.pi)), float(rng.uniform(*spec.cycles))
     amp = float(rng.uniform(*spec.amplitude))
     start, end = float(rng.uniform(*spec.progress_start)), float(rng.uniform(*spec.progress_end))
+    # where the action's span starts, in frames (drawn only when the clip is longer or shorter than
+    # it); uniform, so a time-reversed clip has the same distribution as a forward one
+    offset = float(rng.uniform(min(0, frames - spec.span), max(0, frames - spec.span))) if frames != spec.span else 0.0
     poses: dict[str, list[np.ndarray]] = {}
 
     def limb(name: str, joint: np.ndarray, angle: float) -> np.ndarray:
@@ -76,8 +85,11 @@ def _figure_poses(rng: np.random.Generator, spec: ActionSpec, action: str) -> tu
         return joint + lengths[name.split(":")[0]] * np.array([facing * math.sin(angle), math.cos(angle)])
 
     for t in range(frames):
-        time = t / max(frames - 1, 1)
-        pose = PERIODIC[action](time, phase, cycles, amp) if action in PERIODIC else ONE_WAY[action](time, start, end)
+        time = (t - offset) / max(spec.span - 1, 1)
+        if action in PERIODIC:
+            pose = PERIODIC[action](time, phase, cycles, amp)
+        else:  # still before and after its span
+            pose = ONE_WAY[action](min(max(time, 0.0), 1.0), start, end)
         base = stand + drift * t
         pelvis = base - np.array([0.0, lengths["thigh"] + lengths["shin"] + pose["lift"] * height])
         lean = pose["torso"]
@@ -93,7 +105,8 @@ def _figure_poses(rng: np.random.Generator, spec: ActionSpec, action: str) -> tu
             elbow = limb(f"upper_arm:{side}", shoulder, pose[f"arm_{side}"])
             limb(f"forearm:{side}", elbow, pose[f"arm_{side}"] + pose[f"elbow_{side}"])
     draws = {"height": height, "facing": facing, "stand": stand.tolist(), "drift": drift.tolist(), "phase": phase,
-             "cycles": cycles, "amplitude": amp, "progress": (start, end), "lengths": lengths}
+             "cycles": cycles, "amplitude": amp, "progress": (start, end), "offset": offset,
+             "lengths": lengths}
     return {name: np.stack(matrices) for name, matrices in poses.items()}, draws
 
 
