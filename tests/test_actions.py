@@ -161,7 +161,7 @@ def test_a_time_reversed_pair_has_the_same_single_frames_in_shorter_and_longer_c
     spread = np.concatenate([a, b]).std(0) + 1e-9
     assert (np.abs(a.mean(0) - b.mean(0)) < 4 * spread / np.sqrt(len(a))).all()
     assert (np.abs(a.std(0) - b.std(0)) < 0.2 * spread).all()
-    # and the pair still differs by its motion: the first and last frames' poses swap
+    # and the pair is not one class twice: the same draws start the two classes in different poses
     assert not np.allclose(_part_positions(frames, pair[0], 1)[0, 0], _part_positions(frames, pair[1], 1)[0, 0])
 
 
