@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 from flowaction.config import from_dict
 from flowaction.models.build import build_model
+from flowaction.models.conv3d import Conv3d
 from flowaction.models.resnet3d import resnet3d
 from flowaction.speedups import apply_cpu_speedups, kernels
 from flowaction.speedups.kernels import CpuConv3d
@@ -122,4 +123,4 @@ def test_speedups_are_undone_when_both_switches_are_off() -> None:
     net = apply_cpu_speedups(resnet3d(10, in_channels=2, num_classes=3), from_dict({}))
     assert isinstance(net.conv1, CpuConv3d)
     apply_cpu_speedups(net, from_dict({}, ["cpu.trim_kernels=false", "cpu.gemm_input_grad=false"]))
-    assert type(net.conv1) is torch.nn.Conv3d and not hasattr(net.conv1, "trim")
+    assert type(net.conv1) is Conv3d and not hasattr(net.conv1, "trim")

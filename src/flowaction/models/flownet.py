@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from flowaction.models.conv3d import Conv3d
 from flowaction.warp import backward_warp
 
 
@@ -58,7 +59,7 @@ class FlowNet(nn.Module):
         self.correlation_radius = correlation_radius
         cost_channels = (2 * correlation_radius + 1) ** 2 if correlation_radius > 0 else 0
         # 3D conv over time without temporal padding: (N, 1, 3, H, W) -> (N, c1, 1, H/2, W/2)
-        self.stem = nn.Conv3d(1, c1, kernel_size=(in_frames, 5, 5), stride=(1, 2, 2), padding=(0, 2, 2))
+        self.stem = Conv3d(1, c1, kernel_size=(in_frames, 5, 5), stride=(1, 2, 2), padding=(0, 2, 2))
         # the stem's features enter twice: as they are and as products of channel pairs.
         # Flow is a second-order function of the frames (temporal change times spatial
         # gradient, as in Lucas-Kanade); a product layer gives the network that directly, where

@@ -33,15 +33,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from flowaction.models.conv3d import Conv3d
+
 __all__ = ["BasicBlock", "Bottleneck", "ResNet3d", "resnet3d", "DEPTH_CONFIGS"]
 
 
 def _conv3x3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv3d:
-    return nn.Conv3d(in_planes, out_planes, kernel_size=3, stride=stride, padding=1, bias=False)
+    return Conv3d(in_planes, out_planes, kernel_size=3, stride=stride, padding=1, bias=False)
 
 
 def _conv1x1x1(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv3d:
-    return nn.Conv3d(in_planes, out_planes, kernel_size=1, stride=stride, bias=False)
+    return Conv3d(in_planes, out_planes, kernel_size=1, stride=stride, bias=False)
 
 
 class ZeroPadShortcut(nn.Module):
@@ -155,7 +157,7 @@ class ResNet3d(nn.Module):
         self.no_max_pool = no_max_pool
         self.in_planes = widths[0]
 
-        self.conv1 = nn.Conv3d(in_channels, self.in_planes,
+        self.conv1 = Conv3d(in_channels, self.in_planes,
                                kernel_size=(conv1_t_size, 7, 7),
                                stride=(conv1_t_stride, 2, 2),
                                padding=(conv1_t_size // 2, 3, 3), bias=False)

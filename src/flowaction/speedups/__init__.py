@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from flowaction.config import Config
+from flowaction.models.conv3d import Conv3d
 from flowaction.models.resnet3d import ResNet3d
 from flowaction.speedups import allocator
 from flowaction.speedups.kernels import CpuConv3d
@@ -33,7 +34,7 @@ def apply_cpu_speedups(model: nn.Module, cfg: Config) -> nn.Module:
                 conv.__class__ = CpuConv3d
                 conv.trim, conv.gemm_input_grad = trim, gemm
             elif isinstance(conv, CpuConv3d):
-                conv.__class__ = nn.Conv3d
+                conv.__class__ = Conv3d
                 del conv.trim, conv.gemm_input_grad
     return model
 

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from flowaction.models.conv3d import Conv3d, conv3d
+
 
 @functools.lru_cache(maxsize=None)
 def _used_taps(size: int, kernel: int, stride: int, padding: int) -> tuple[int, int, int, int] | None:
@@ -76,9 +78,9 @@ class GemmInputGradConv3d(torch.autograd.Function):
 GEMM_INPUT_GRAD_MAX_CHANNELS = 4
 
 
-class CpuConv3d(nn.Conv3d):
-    """``nn.Conv3d`` with the CPU speed-ups, each switched by an attribute; same parameters and
-    names, same outputs and gradients.
+class CpuConv3d(Conv3d):
+    """The 3D ResNet's :class:`~flowaction.models.conv3d.Conv3d` with the CPU speed-ups, each switched
+    by an attribute; same parameters and names, same outputs and gradients.
 
     Attributes:
         trim: crop the kernel to the taps that reach the input (zero padding aside). The taps it
@@ -109,7 +111,7 @@ class CpuConv3d(nn.Conv3d):
                     padding = (0, 0, 0)
         if self.gemm_input_grad and self._gemm_applies(x, weight):
             return GemmInputGradConv3d.apply(x, weight, tuple(self.stride), padding)
-        return F.conv3d(x, weight, self.bias, self.stride, padding, 1, self.groups)
+        return conv3d(x, weight, self.bias, self.stride, padding, (1, 1, 1), self.groups)
 
     def _gemm_applies(self, x: torch.Tensor, weight: torch.Tensor) -> bool:
         return (
