@@ -186,3 +186,17 @@ def test_data_mix_adds_the_training_clips_of_every_named_cache(tmp_path):
         triplet_loader(from_dict({}, ["data.crop=24", f"data.mix={small.root}"]), scenes, "train", 4)
     with pytest.raises(ValueError, match="has no 'val' clips"):
         triplet_loader(from_dict({}, ["data.crop=24", f"data.mix={acts.root}"]), scenes, "val", 4)
+
+
+def test_pretrain_flow_trains_with_the_occlusion_and_multiscale_losses_it_is_given(tmp_path):
+    def weights_after(name, *switches):
+        out = tmp_path / name
+        assert main(["pretrain-flow", "--out", str(out), "--steps", "3", "--eval-every", "3", "--no-progress", *DATA,
+                     f"data.synthetic_dir={tmp_path / 'data'}", "model.flow_pyramid=true", *switches]) == 0
+        return load_checkpoint(out / "flownet.pt")["model"]["predict1.weight"]
+
+    plain = weights_after("plain")
+    assert torch.equal(plain, weights_after("again"))  # the same run, the same weights
+    # each switch changes the loss the network trains on (they were once accepted and ignored)
+    assert not torch.equal(plain, weights_after("occlusion", "loss.occlusion=true"))
+    assert not torch.equal(plain, weights_after("multiscale", "loss.multiscale=true"))

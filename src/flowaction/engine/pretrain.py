@@ -135,9 +135,11 @@ def pretrain_flow(
             for group in optimizer.param_groups:
                 group["lr"] = rate
             frames = batch["frames"]  # (B, 1, 3, H, W): one triplet per item
-            noisy = add_input_noise(frames, cfg.augment.noise_std)
-            flows = flow_net(normalise(noisy)).unsqueeze(2)  # (B, 2, 1, H, W)
-            terms = flow_loss_terms(flows, frames, 1, weights)
+            inputs = normalise(add_input_noise(frames, cfg.augment.noise_std))
+            flows, pyramid = flow_net(inputs, return_pyramid=True) if weights.multiscale else (flow_net(inputs), None)
+            # loss.occlusion: the flow of the same pair backwards, for the forward-backward check
+            backward = flow_net(make_triplets(inputs, 1, reverse=True)) if weights.occlusion else None
+            terms = flow_loss_terms(flows.unsqueeze(2), frames, 1, weights, pyramid, backward)  # (B, 2, 1, H, W)
             loss = weights.photometric * terms["photometric"] + weights.smoothness * terms["smoothness"]
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
