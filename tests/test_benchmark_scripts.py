@@ -19,3 +19,26 @@ def test_a_benchmark_script_imports_and_has_a_main(script):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)  # module-level imports only: nothing runs without main()
     assert callable(getattr(module, "main", None))
+
+
+def _flow_weights_module():
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "flow_weights.py"
+    spec = importlib.util.spec_from_file_location("benchmark_flow_weights", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_flow_benchmarks_name_two_pretrain_runs_apart_and_refuse_a_name_twice(tmp_path):
+    from flowaction.models.flownet import FlowNet
+    from flowaction.models.weights import save_flow_weights
+
+    flow_weights = _flow_weights_module()
+    for run in ("census", "occlusion"):
+        (tmp_path / run).mkdir()
+        save_flow_weights(tmp_path / run / "flownet.pt", FlowNet(width=8), {})
+    both = f"{tmp_path / 'census' / 'flownet.pt'},{tmp_path / 'occlusion' / 'flownet.pt'}"
+    assert list(flow_weights.flow_models(f"default,{both}")) == ["learned", "learned-census", "learned-occlusion"]
+    assert flow_weights.method_name("/x/my-net.pt") == "learned-my-net"
+    with pytest.raises(SystemExit, match="both be reported as learned-census"):
+        flow_weights.flow_models(f"{both},{tmp_path / 'census' / 'flownet.pt'}")
