@@ -38,13 +38,11 @@ def method_name(weights: str) -> str:
 def flow_models(spec: str) -> dict[str, torch.nn.Module]:
     """The networks of a comma-separated ``--flow-weights`` list, by :func:`method_name`; two that
     would get the same name (and so share a row of the tables) are refused, naming both."""
-    models: dict[str, torch.nn.Module] = {}
-    sources: dict[str, str] = {}
+    named: dict[str, str] = {}
     for weights in (w for w in spec.split(",") if w):
         name = method_name(weights)
-        if name in sources:
-            raise SystemExit(f"--flow-weights: {sources[name]} and {weights} would both be reported as {name}; "
+        if name in named:
+            raise SystemExit(f"--flow-weights: {named[name]} and {weights} would both be reported as {name}; "
                              "rename one of the files")
-        sources[name] = weights
-        models[name] = flow_model(weights)
-    return models
+        named[name] = weights
+    return {name: flow_model(weights) for name, weights in named.items()}

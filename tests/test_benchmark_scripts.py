@@ -13,27 +13,23 @@ def test_there_are_benchmark_scripts():
     assert len(SCRIPTS) >= 9
 
 
-@pytest.mark.parametrize("script", SCRIPTS, ids=lambda path: path.name)
-def test_a_benchmark_script_imports_and_has_a_main(script):
+def _load(script: Path):
     spec = importlib.util.spec_from_file_location(f"benchmark_{script.stem}", script)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)  # module-level imports only: nothing runs without main()
-    assert callable(getattr(module, "main", None))
-
-
-def _flow_weights_module():
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "flow_weights.py"
-    spec = importlib.util.spec_from_file_location("benchmark_flow_weights", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
     return module
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda path: path.name)
+def test_a_benchmark_script_imports_and_has_a_main(script):
+    assert callable(getattr(_load(script), "main", None))
 
 
 def test_the_flow_benchmarks_name_two_pretrain_runs_apart_and_refuse_a_name_twice(tmp_path):
     from flowaction.models.flownet import FlowNet
     from flowaction.models.weights import save_flow_weights
 
-    flow_weights = _flow_weights_module()
+    flow_weights = _load(SCRIPTS[0].parent / "flow_weights.py")
     for run in ("census", "occlusion"):
         (tmp_path / run).mkdir()
         save_flow_weights(tmp_path / run / "flownet.pt", FlowNet(width=8), {})

@@ -1,5 +1,6 @@
-"""The 3D convolution trains right in reduced precision on a CPU: explicit padding there, and the
-gradients of a bf16-trained 3D ResNet agree with float32 on the short clips a joint model feeds it."""
+"""The 3D convolution trains right in reduced precision on a CPU: its weight gradient is taken over
+the input padded beforehand there, and the gradients of a bf16-trained 3D ResNet agree with
+float32 on the short clips a joint model feeds it."""
 from __future__ import annotations
 
 import pytest

@@ -66,7 +66,7 @@ def conv3d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, str
     dtype = _reduced_cpu_training(x, weight) if any(padding) else None
     if dtype is None:
         return F.conv3d(x, weight, bias, stride, padding, dilation, groups)
-    # in the precision autocast would give them; the function's own ops then run outside autocast
+    # cast as autocast would, so the saved tensors and the backward pass are in that precision
     out = PaddedWeightGradConv3d.apply(x.to(dtype), weight.to(dtype), tuple(stride), padding, tuple(dilation),
                                        groups)
     return out if bias is None else out + bias.to(dtype).view(1, -1, 1, 1, 1)
