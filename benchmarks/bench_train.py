@@ -13,8 +13,9 @@ against channels-last 3D, whole training steps), the ``allocator`` setting (glib
 against ``keep``, each in a fresh process since it is process-wide) and the flow network's
 full-resolution level (``model.flow_refine``, joint model; ``--only-refine`` runs just that), float32
 against bf16 autocast (``optim.amp``), the 3D ResNet's convolutions with whole kernels against
-trimmed ones (``cpu.trim_kernels``), and the stem's input gradient from oneDNN against PyTorch's GEMM
-route (``cpu.gemm_input_grad``); ``--only precision,trim,stem,allocator`` runs just those, into
+trimmed ones (``cpu.trim_kernels``), and the stem's input gradient from oneDNN against one forward
+convolution over the stride's phases (``cpu.phase_input_grad``; ``--amp bf16`` times those steps under bf16
+autocast); ``--only precision,trim,stem,allocator`` runs just those, into
 ``precision.json`` (the file is named after the first). Every run also counts the GFLOP of a joint step and of a ResNet-on-flows
 step (``torch.utils.flop_counter``): their ratio is the step-time ratio at equal speed per FLOP.
 ``--set KEY=VALUE`` changes the configuration of every variant, e.g. the demo's shape
@@ -44,9 +45,11 @@ from flowaction.engine.step import TrainStep, forward_batch
 from flowaction.models.build import build_model
 from flowaction.speedups import apply_cpu_speedups
 from flowaction.speedups.allocator import keep_heap_memory
+from flowaction.speedups.kernels import phase_input_grad
 
 
 SETTINGS: list[str] = []  # --set KEY=VALUE, applied to every variant's configuration
+AMP = ["off"]  # --amp: the precision of the steps the tables other than precision's time
 
 
 def _on_flows() -> str:
@@ -54,9 +57,14 @@ def _on_flows() -> str:
     return f"ResNet-{load_config(None, SETTINGS).model.depth} on precomputed flows"
 
 
-def _use_settings(settings: list[str]) -> None:
-    """In a spawned worker process: the parent's ``--set`` overrides (module state is not inherited)."""
-    SETTINGS[:] = settings
+def _use_settings(settings: tuple[list[str], str]) -> None:
+    """In a spawned worker process: the parent's ``--set`` overrides and ``--amp`` (module state is
+    not inherited), as :func:`_settings` gives them."""
+    SETTINGS[:], AMP[:] = settings[0], [settings[1]]
+
+
+def _settings() -> tuple[list[str], str]:
+    return list(SETTINGS), AMP[0]
 
 
 def _batch(cfg, batch: int, flows: bool) -> dict:
@@ -69,13 +77,14 @@ def _batch(cfg, batch: int, flows: bool) -> dict:
 
 
 def step_times(model_input: str, batch: int, steps: int, threads: int, runner=None, cfg_extra=(),
-               channels_last: bool = False, amp: str = "off") -> list[float]:
+               channels_last: bool = False, amp: str | None = None) -> list[float]:
     """Seconds of each of ``steps`` training steps (after one untimed) as the trainer takes them:
     :func:`~flowaction.engine.step.forward_batch` (or ``runner``, e.g. DDP around a
     :class:`~flowaction.engine.step.TrainStep`), the backward pass and
     :func:`~flowaction.engine.optim.apply_update` (clipping and Adam), on the model built and sped
     up as ``fit`` builds it."""
     torch.set_num_threads(threads)
+    amp = AMP[0] if amp is None else amp
     cfg = load_config(None, [f"model.input={model_input}", "model.classical_on=clean", *SETTINGS, *cfg_extra])
     torch.manual_seed(0)
     model = apply_cpu_speedups(build_model(cfg, 101), cfg)
@@ -102,7 +111,7 @@ def step_flops(model_input: str, batch: int) -> dict[str, float]:
     # the kernels trimmed (the taps that only see padding are no work a step needs) and the stem's
     # input gradient through convolution_backward: the counter does not know the GEMM route to it
     cfg = load_config(None, [f"model.input={model_input}", "model.classical_on=clean", *SETTINGS,
-                             "cpu.trim_kernels=true", "cpu.gemm_input_grad=false"])
+                             "cpu.trim_kernels=true", "cpu.phase_input_grad=false"])
     torch.manual_seed(0)
     model = apply_cpu_speedups(build_model(cfg, 101), cfg)
     counter = FlopCounterMode(display=False)
@@ -193,10 +202,10 @@ def trim_times(model_input: str, batch: int, steps: int, threads: int, rounds: i
 
 
 def stem_times(model_input: str, batch: int, steps: int, threads: int, rounds: int = 3) -> dict[str, float]:
-    """Median training-step seconds with the 3D ResNet stem's input gradient from oneDNN and from
-    PyTorch's GEMM-based transposed convolution (``cpu.gemm_input_grad``), alternating."""
-    return _alternate(("onednn", "gemm"), lambda choice: step_times(
-        model_input, batch, steps, threads, cfg_extra=[f"cpu.gemm_input_grad={str(choice == 'gemm').lower()}"]),
+    """Median training-step seconds with the 3D ResNet stem's input gradient from oneDNN and as a
+    forward convolution over the stride's phases (``cpu.phase_input_grad``), alternating."""
+    return _alternate(("onednn", "phases"), lambda choice: step_times(
+        model_input, batch, steps, threads, cfg_extra=[f"cpu.phase_input_grad={str(choice == 'phases').lower()}"]),
         rounds)
 
 
@@ -207,8 +216,8 @@ STEM_SHAPES = ((8, 2, 5, 56), (8, 3, 5, 56), (16, 2, 5, 32), (8, 2, 14, 56), (16
 
 def stem_op_times(threads: int, reps: int = 7) -> dict[str, dict[str, float]]:
     """Median seconds of the ResNet stem's input gradient alone (64 x C x 7 x 7 x 7 kernels, stride
-    (1, 2, 2)) per input shape: oneDNN's convolution backward against the GEMM transposed
-    convolution, alternating."""
+    (1, 2, 2)) per input shape: oneDNN's convolution backward, the GEMM transposed convolution and
+    the forward convolution over phases in float32, and oneDNN's and the phases' in bf16, alternating."""
     torch.set_num_threads(threads)
     table = {}
     for batch, channels, time_steps, size in STEM_SHAPES:
@@ -217,15 +226,26 @@ def stem_op_times(threads: int, reps: int = 7) -> dict[str, dict[str, float]]:
         weight = torch.randn(64, channels, 7, 7, 7, generator=generator)
         grad = torch.randn_like(torch.nn.functional.conv3d(x, weight, None, (1, 2, 2), 3))
         extra = (0, (size - 1) % 2, (size - 1) % 2)  # the transposed convolution's output size: x's
+        half = [t.to(torch.bfloat16) for t in (x, weight, grad)]
+
+        def onednn(x, weight, grad):
+            return torch.ops.aten.convolution_backward(
+                grad, x, weight, None, (1, 2, 2), (3, 3, 3), (1, 1, 1), False, (0, 0, 0), 1, (True, False, False))
+
         table[f"{batch} x {channels} x {time_steps} x {size} x {size}"] = _call_times({
-            "onednn": lambda: torch.ops.aten.convolution_backward(
-                grad, x, weight, None, (1, 2, 2), (3, 3, 3), (1, 1, 1), False, (0, 0, 0), 1, (True, False, False)),
+            "onednn": lambda: onednn(x, weight, grad),
             "gemm": lambda: torch.ops.aten.slow_conv_transpose3d(
                 grad, weight, (7, 7, 7), None, (1, 2, 2), (3, 3, 3), extra, (1, 1, 1)),
+            "phases": lambda: phase_input_grad(grad, weight, x.shape[2:], (1, 2, 2), (3, 3, 3)),
+            "onednn bf16": lambda: onednn(*half),
+            "phases bf16": lambda: phase_input_grad(half[2], half[1], x.shape[2:], (1, 2, 2), (3, 3, 3)),
         }, reps)
-    print(f"\n{'stem input gradient (ms)':40s} {'onednn':>16s} {'gemm':>16s} {'ratio':>6s}")
+    print(f"\n{'stem input gradient (ms)':30s} {'onednn':>8s} {'gemm':>8s} {'phases':>8s} {'ratio':>6s} "
+          f"{'onednn bf16':>12s} {'phases bf16':>12s} {'ratio':>6s}")
     for name, row in table.items():
-        print(f"{name:40s} {1000 * row['onednn']:16.1f} {1000 * row['gemm']:16.1f} {row['gemm'] / row['onednn']:5.2f}x")
+        print(f"{name:30s} {1000 * row['onednn']:8.1f} {1000 * row['gemm']:8.1f} {1000 * row['phases']:8.1f} "
+              f"{row['phases'] / row['onednn']:5.2f}x {1000 * row['onednn bf16']:12.1f} "
+              f"{1000 * row['phases bf16']:12.1f} {row['phases bf16'] / row['onednn bf16']:5.2f}x")
     return table
 
 
@@ -237,7 +257,7 @@ def refine_times(batch: int, steps: int, threads: int, rounds: int = 3) -> dict[
 
 
 def _allocator_worker(keep: bool, model_input: str, batch: int, steps: int, threads: int, queue,
-                      settings: list[str]) -> None:
+                      settings: tuple[list[str], str]) -> None:
     _use_settings(settings)
     if keep:
         keep_heap_memory()
@@ -251,7 +271,7 @@ def allocator_times(model_input: str, batch: int, steps: int, threads: int, roun
     def measure(choice: str) -> list[float]:  # in a fresh process: the setting is process-wide
         queue = context.SimpleQueue()
         process = context.Process(target=_allocator_worker,
-                                  args=(choice == "keep", model_input, batch, steps, threads, queue, list(SETTINGS)))
+                                  args=(choice == "keep", model_input, batch, steps, threads, queue, _settings()))
         process.start()
         times = queue.get()
         process.join()
@@ -260,7 +280,8 @@ def allocator_times(model_input: str, batch: int, steps: int, threads: int, roun
     return _alternate(("system", "keep"), measure, rounds)
 
 
-def _ddp_worker(rank: int, world: int, port: int, batch: int, steps: int, queue, settings: list[str]) -> None:
+def _ddp_worker(rank: int, world: int, port: int, batch: int, steps: int, queue,
+                settings: tuple[list[str], str]) -> None:
     import torch.distributed as dist
 
     _use_settings(settings)
@@ -281,7 +302,7 @@ def ddp_times(world: int, batch: int, steps: int) -> list[float]:
         port = sock.getsockname()[1]
     context = mp.get_context("spawn")
     queue = context.SimpleQueue()
-    mp.start_processes(_ddp_worker, args=(world, port, batch, steps, queue, list(SETTINGS)), nprocs=world,
+    mp.start_processes(_ddp_worker, args=(world, port, batch, steps, queue, _settings()), nprocs=world,
                        start_method="spawn")
     return queue.get()
 
@@ -327,10 +348,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default="",
                         help="comma-separated: precision, trim, stem, allocator, clip (only these tables, into "
                              "<first name>.json)")
+    parser.add_argument("--amp", choices=("off", "bf16"), default="off",
+                        help="precision of the steps of the tables other than precision's")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="configuration override for every variant (repeatable)")
     args = parser.parse_args(argv)
-    SETTINGS[:] = args.set
+    SETTINGS[:], AMP[:] = args.set, [args.amp]
     if args.only:
         tables = {"precision": precision_times, "trim": trim_times, "stem": stem_times,
                   "allocator": allocator_times}  # whole steps
@@ -350,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"joint step / precomputed-flow step: float32 {joint['off'] / flows['off']:.2f}x, "
                   f"bf16 {joint['bf16'] / flows['bf16']:.2f}x")
         args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / f"{names[0]}.json").write_text(json.dumps({"batch": args.batch, "threads": args.threads,
+        (args.out / f"{names[0]}.json").write_text(json.dumps({"batch": args.batch, "threads": args.threads, "amp": args.amp,
                                                              "settings": args.set, "torch": torch.__version__,
                                                              **results}, indent=1))
         return 0

@@ -175,3 +175,13 @@ def test_flow_pyramid_config_builds_it_and_weights_of_the_other_kind_are_refused
         load_flow_weights(FlowNet(), tmp_path / "pyramid.pt")
     with pytest.raises(ValueError, match="without the search at every level.*model.flow_pyramid=true"):
         load_flow_weights(FlowNet(pyramid=True), "default")
+
+
+@pytest.mark.parametrize("size", [(8, 8), (7, 8), (8, 5), (3, 3)])
+def test_the_cost_volumes_pooling_equals_average_pooling_with_ceil_mode(size):
+    from flowaction.models.flownet import _pool2
+
+    x = torch.rand(3, 9, *size)
+    expected = torch.nn.functional.avg_pool2d(x, 2, ceil_mode=True)
+    ours = _pool2(x.clone())
+    assert ours.shape == expected.shape and torch.allclose(ours, expected, atol=1e-6)

@@ -122,9 +122,9 @@ class CpuConfig:
 
     # skip the convolution kernel taps that only ever multiply zero padding (deep stages of short clips)
     trim_kernels: bool = True
-    # training in float32 on a CPU: the stem's input gradient (the classifier's gradient into the
-    # learned flows) by PyTorch's GEMM transposed convolution instead of oneDNN
-    gemm_input_grad: bool = True
+    # training on a CPU: the stem's input gradient (the classifier's gradient into the learned
+    # flows) as one forward convolution over the stride's phases instead of oneDNN's backward pass
+    phase_input_grad: bool = True
 
 
 @dataclass
@@ -321,13 +321,12 @@ def validate(cfg: Config) -> Config:
     if cfg.model.flow_init != "none" and cfg.model.input not in LEARNED_INPUTS:
         raise ConfigError(f"model.flow_init={cfg.model.flow_init!r} needs a model with a flow network "
                           f"(model.input learned or learned+frames, not {cfg.model.input!r})")
-    if cfg.optim.checkpoint_steps < 0:
-        raise ConfigError("optim.checkpoint_steps must be >= 0 (0: per epoch only)")
+    for key, meaning in (("optim.checkpoint_steps", "per epoch only"), ("optim.steps", "optim.epochs decides")):
+        if flat[key] < 0:
+            raise ConfigError(f"{key} must be >= 0 (0: {meaning})")
     if cfg.optim.flow_pretrain_epochs > 0 and cfg.model.input not in LEARNED_INPUTS:
         raise ConfigError(f"optim.flow_pretrain_epochs needs a model with a flow network "
                           f"(model.input learned or learned+frames, not {cfg.model.input!r})")
-    if cfg.optim.steps < 0:
-        raise ConfigError("optim.steps must be >= 0 (0: optim.epochs decides)")
     for key in ("loss.classification", "loss.photometric", "loss.smoothness", "loss.long_pair", "augment.noise_std",
                 "model.flow_grad_scale", "optim.flow_warmup_epochs", "optim.flow_lr_scale"):
         if flat[key] < 0:
@@ -341,8 +340,10 @@ def to_dict(cfg: Any) -> dict:
 
 def from_dict(mapping: dict, overrides: list[str] | None = None) -> Config:
     """Build a validated config from nested ``mapping`` plus ``key=value`` overrides."""
-    cfg = Config()
-    for key, value in flatten(mapping or {}).items():
+    cfg, flat = Config(), flatten(mapping or {})
+    if "cpu.gemm_input_grad" in flat:  # the earlier name of the switch, in the configs runs saved
+        flat["cpu.phase_input_grad"] = flat.pop("cpu.gemm_input_grad")
+    for key, value in flat.items():
         _set(cfg, key, value)
     for item in overrides or []:
         if "=" not in item:
@@ -354,9 +355,8 @@ def from_dict(mapping: dict, overrides: list[str] | None = None) -> Config:
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
     """Read a YAML config file (or start from defaults when ``path`` is None)."""
-    mapping: dict = {}
     if path is None:
-        return from_dict(mapping, overrides)
+        return from_dict({}, overrides)
     path = resolve_config_path(path)
     try:
         with open(path) as handle:

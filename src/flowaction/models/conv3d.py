@@ -20,7 +20,7 @@ from torch import nn
 _REDUCED = (torch.bfloat16, torch.float16)
 
 
-def _reduced_cpu_training(x: torch.Tensor, weight: torch.Tensor) -> torch.dtype | None:
+def reduced_cpu_training(x: torch.Tensor, weight: torch.Tensor) -> torch.dtype | None:
     """The reduced precision a CPU convolution of ``x`` by ``weight`` trains in, or None when it
     runs in float32, off the CPU, or without gradient."""
     if x.device.type != "cpu" or not torch.is_grad_enabled() or not (x.requires_grad or weight.requires_grad):
@@ -63,7 +63,7 @@ def conv3d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, str
     """``F.conv3d`` with zero ``padding`` (three ints); when a CPU trains in bf16 / fp16, its weight
     gradient is taken over the input padded beforehand (see the module's docstring)."""
     padding = tuple(padding)
-    dtype = _reduced_cpu_training(x, weight) if any(padding) else None
+    dtype = reduced_cpu_training(x, weight) if any(padding) else None
     if dtype is None:
         return F.conv3d(x, weight, bias, stride, padding, dilation, groups)
     # cast as autocast would, so the saved tensors and the backward pass are in that precision

@@ -4,7 +4,7 @@ Each one gives the same results as plain PyTorch, is switched by a config key an
 only where ``benchmarks/bench_train.py`` shows that it pays:
 
 * ``cpu.trim_kernels``: the 3D ResNet's convolutions skip the kernel taps that only see padding;
-* ``cpu.gemm_input_grad``: the ResNet stem's input gradient by GEMM when training in float32;
+* ``cpu.phase_input_grad``: the ResNet stem's input gradient as a forward convolution over phases;
 * ``allocator=keep``: glibc keeps large buffers in the heap between steps (process-wide).
 """
 from __future__ import annotations
@@ -25,17 +25,17 @@ def apply_cpu_speedups(model: nn.Module, cfg: Config) -> nn.Module:
     """Turn the 3D convolutions of every 3D ResNet inside ``model`` into :class:`CpuConv3d` with
     the switches of ``cfg.cpu`` (in place; parameters, names and results unchanged). With both
     switches off the model is left plain. Returns ``model``."""
-    trim, gemm = cfg.cpu.trim_kernels, cfg.cpu.gemm_input_grad
+    trim, phases = cfg.cpu.trim_kernels, cfg.cpu.phase_input_grad
     for network in [m for m in model.modules() if isinstance(m, ResNet3d)]:
         for conv in network.modules():
             if not isinstance(conv, nn.Conv3d) or conv.kernel_size == (1, 1, 1):
                 continue  # a 1 x 1 x 1 kernel has no tap to trim and many input channels
-            if trim or gemm:
+            if trim or phases:
                 conv.__class__ = CpuConv3d
-                conv.trim, conv.gemm_input_grad = trim, gemm
+                conv.trim, conv.phase_input_grad = trim, phases
             elif isinstance(conv, CpuConv3d):
                 conv.__class__ = Conv3d
-                del conv.trim, conv.gemm_input_grad
+                del conv.trim, conv.phase_input_grad
     return model
 
 

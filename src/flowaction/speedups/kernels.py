@@ -4,10 +4,10 @@
   stages of a 3D ResNet see clips a few steps long and a few pixels wide, where a 3 x 3 x 3 kernel
   with padding 1 reaches the input with its centre alone; the CPU convolution still pays for all 27
   taps, forward and backward.
-* :class:`GemmInputGradConv3d` computes a convolution's input gradient with PyTorch's own
-  transposed convolution (vol2col + GEMM). oneDNN's backward-data pass is slow for convolutions
-  with few input channels, such as the action network's stem over two flow channels: the gradient
-  that trains the flow network from the classifier.
+* :class:`PhaseInputGradConv3d` computes a strided convolution's input gradient as one forward
+  convolution over its phases (:func:`phase_input_grad`). oneDNN's backward-data pass is slow for
+  convolutions with few input channels, such as the action network's stem over two flow channels:
+  the gradient that trains the flow network from the classifier.
 
 :class:`CpuConv3d` carries both as switches and keeps the parameters and their names;
 :func:`flowaction.speedups.apply_cpu_speedups` turns a built model's convolutions into it.
@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from flowaction.models.conv3d import Conv3d, conv3d
+from flowaction.models.conv3d import Conv3d, conv3d, reduced_cpu_training
 
 
 @functools.lru_cache(maxsize=None)
@@ -39,43 +39,84 @@ def _used_taps(size: int, kernel: int, stride: int, padding: int) -> tuple[int, 
     return first, stop, before, after
 
 
-class GemmInputGradConv3d(torch.autograd.Function):
-    """``F.conv3d(x, weight)`` (no bias, no groups, no dilation) whose input gradient is PyTorch's
-    own transposed convolution (vol2col + GEMM) instead of oneDNN's.
+@functools.lru_cache(maxsize=None)
+def _phase_taps(kernel: int, stride: int, padding: int) -> tuple[tuple[tuple[int, ...], ...], int]:
+    """Along one dimension of a convolution, its input gradient as ``stride`` phases: the input
+    position ``stride * m + r`` receives ``sum_a grad[m + a - last] * w[taps[r][a]]`` (a correlation),
+    where ``last`` is returned beside ``taps``; a tap of ``kernel`` stands for a zero weight."""
+    def tap(phase: int, shift: int) -> int:  # the kernel tap joining input stride*m + phase to output m - shift
+        index = stride * shift + phase + padding
+        return index if 0 <= index < kernel else kernel
+    shifts = [j for j in range(-kernel - padding, kernel + padding + 1) if any(tap(r, j) < kernel for r in range(stride))]
+    first, last = shifts[0], shifts[-1]
+    return tuple(tuple(tap(r, last - a) for a in range(last - first + 1)) for r in range(stride)), last
 
-    oneDNN's backward-data pass is slow when the convolution has few input channels, as the action
-    network's stem over the flows has; that gradient is exactly what the joint model adds to a
-    ResNet on precomputed flows. The weight gradient stays with oneDNN, which is fast for it.
+
+def phase_input_grad(grad: torch.Tensor, weight: torch.Tensor, size, stride, padding) -> torch.Tensor:
+    """The input gradient of ``F.conv3d(x, weight, None, stride, padding)`` (no groups, no dilation)
+    for an ``x`` of spatial ``size``, as one stride-1 convolution of ``grad``.
+
+    A strided convolution's input gradient is a transposed convolution: each of the
+    ``prod(stride)`` phases of the input (the positions ``stride * m + r``) is a plain correlation
+    of ``grad`` with a sub-kernel of ``weight``. The sub-kernels, stacked as output channels, make
+    one forward convolution, which the CPU's convolution library runs far faster than its
+    backward-data pass when there are few input channels, as in a ResNet stem over two flow
+    channels; the phases are then interleaved.
     """
+    plans = [_phase_taps(k, s, p) for k, s, p in zip(weight.shape[2:], stride, padding)]
+    kernel = F.pad(weight, (0, 1, 0, 1, 0, 1))  # one zero tap at the end of each dimension
+    for dim, (taps, _) in enumerate(plans):
+        kernel = kernel.index_select(2 + dim, torch.tensor([t for phase in taps for t in phase]))
+    (s_t, s_h, s_w), (l_t, l_h, l_w) = stride, [len(taps[0]) for taps, _ in plans]
+    out_channels, in_channels = weight.shape[:2]
+    kernel = (kernel.view(out_channels, in_channels, s_t, l_t, s_h, l_h, s_w, l_w).permute(2, 4, 6, 1, 0, 3, 5, 7)
+              .reshape(s_t * s_h * s_w * in_channels, out_channels, l_t, l_h, l_w))
+    phases = [-(-n // s) for n, s in zip(size, stride)]  # positions per phase
+    pads, both = [], []  # the zeros around grad: what both sides share the convolution pads (faster)
+    for (taps, last), have, need in zip(reversed(plans), reversed(grad.shape[2:]), reversed(phases)):
+        before, after = last, need + len(taps[0]) - 1 - have - last  # < 0 crops
+        both.insert(0, max(0, min(before, after)))
+        pads += [before - both[0], after - both[0]]  # F.pad: the last dimension first
+    out = F.conv3d(F.pad(grad, pads) if any(pads) else grad, kernel, None, 1, both)
+    batch, (m_t, m_h, m_w) = grad.shape[0], phases
+    out = (out.view(batch, s_t, s_h, s_w, in_channels, m_t, m_h, m_w).permute(0, 4, 5, 1, 6, 2, 7, 3)
+           .reshape(batch, in_channels, m_t * s_t, m_h * s_h, m_w * s_w))
+    return out[:, :, :size[0], :size[1], :size[2]].contiguous()
+
+
+class PhaseInputGradConv3d(torch.autograd.Function):
+    """``F.conv3d(x, weight)`` (no bias, no groups, no dilation) whose input gradient is
+    :func:`phase_input_grad` instead of oneDNN's backward-data pass, which is slow for convolutions
+    with few input channels such as the action network's stem over the flows: the gradient that
+    trains the flow network from the classifier. The weight gradient stays oneDNN's, over the
+    input padded beforehand when ``padded_weight_grad`` (see :mod:`flowaction.models.conv3d`)."""
 
     @staticmethod
-    def forward(ctx, x, weight, stride, padding):  # noqa: D102 (autograd.Function protocol)
+    def forward(ctx, x, weight, stride, padding, padded_weight_grad):  # noqa: D102 (autograd.Function protocol)
         ctx.save_for_backward(x, weight)
-        ctx.stride, ctx.padding = stride, padding
+        ctx.conv = stride, padding, padded_weight_grad
         return F.conv3d(x, weight, None, stride, padding)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):  # noqa: D102
         x, weight = ctx.saved_tensors
+        stride, padding, padded_weight_grad = ctx.conv
         grad_x = grad_weight = None
-        if ctx.needs_input_grad[1]:
-            grad_weight = torch.ops.aten.convolution_backward(
-                grad, x, weight, None, ctx.stride, ctx.padding, (1, 1, 1), False, (0, 0, 0), 1, (False, True, False)
-            )[1]
         if ctx.needs_input_grad[0]:
-            kernel = weight.shape[2:]
-            # the transposed convolution's output is one size of several; pick the input's
-            extra = tuple(n - ((o - 1) * s - 2 * p + k) for n, o, s, p, k in
-                          zip(x.shape[2:], grad.shape[2:], ctx.stride, ctx.padding, kernel))
-            grad_x = torch.ops.aten.slow_conv_transpose3d(
-                grad.contiguous(), weight.contiguous(), kernel, None, ctx.stride, ctx.padding, extra, (1, 1, 1)
-            )
-        return grad_x, grad_weight, None, None
+            grad_x = phase_input_grad(grad, weight, x.shape[2:], stride, padding)
+        if ctx.needs_input_grad[1]:
+            source, source_padding = x, padding
+            if padded_weight_grad:
+                source, source_padding = F.pad(x, [p for p in reversed(padding) for _ in (0, 1)]), (0, 0, 0)
+            grad_weight = torch.ops.aten.convolution_backward(
+                grad, source, weight, None, stride, source_padding, (1, 1, 1), False, (0, 0, 0), 1,
+                (False, True, False))[1]
+        return grad_x, grad_weight, None, None, None
 
 
-#: convolutions with at most this many input channels take the GEMM input gradient
-GEMM_INPUT_GRAD_MAX_CHANNELS = 4
+#: convolutions with at most this many input channels take the phase input gradient
+PHASE_INPUT_GRAD_MAX_CHANNELS = 4
 
 
 class CpuConv3d(Conv3d):
@@ -85,13 +126,13 @@ class CpuConv3d(Conv3d):
     Attributes:
         trim: crop the kernel to the taps that reach the input (zero padding aside). The taps it
             drops get zero gradient, as they would from a whole kernel.
-        gemm_input_grad: when training on a CPU in float32 (oneDNN's bf16 path is fast, and GPUs
-            have cuDNN), with at most :data:`GEMM_INPUT_GRAD_MAX_CHANNELS` input channels and no
-            bias, compute the input gradient with :class:`GemmInputGradConv3d`.
+        phase_input_grad: when training on a CPU (GPUs have cuDNN), in any precision, with at most
+            :data:`PHASE_INPUT_GRAD_MAX_CHANNELS` input channels and no bias, compute the input
+            gradient with :class:`PhaseInputGradConv3d`.
     """
 
     trim: bool = True
-    gemm_input_grad: bool = False
+    phase_input_grad: bool = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.padding_mode != "zeros" or any(d != 1 for d in self.dilation) or isinstance(self.padding, str):
@@ -109,14 +150,14 @@ class CpuConv3d(Conv3d):
                 else:  # F.pad takes the last dimension first; a negative amount crops input nobody reads
                     x = F.pad(x, [amount for _, _, before, after in reversed(plans) for amount in (before, after)])
                     padding = (0, 0, 0)
-        if self.gemm_input_grad and self._gemm_applies(x, weight):
-            return GemmInputGradConv3d.apply(x, weight, tuple(self.stride), padding)
+        if self.phase_input_grad and self._phases_apply(x):
+            dtype = reduced_cpu_training(x, weight)
+            if dtype is not None:  # cast as autocast would: the saved tensors and the backward in that precision
+                x, weight = x.to(dtype), weight.to(dtype)
+            return PhaseInputGradConv3d.apply(x, weight, tuple(self.stride), padding,
+                                              dtype is not None and any(padding))
         return conv3d(x, weight, self.bias, self.stride, padding, (1, 1, 1), self.groups)
 
-    def _gemm_applies(self, x: torch.Tensor, weight: torch.Tensor) -> bool:
-        return (
-            x.requires_grad and torch.is_grad_enabled() and x.device.type == "cpu"
-            and x.dtype == torch.float32 and weight.dtype == torch.float32
-            and not torch.is_autocast_enabled("cpu") and self.bias is None and self.groups == 1
-            and self.in_channels <= GEMM_INPUT_GRAD_MAX_CHANNELS
-        )
+    def _phases_apply(self, x: torch.Tensor) -> bool:
+        return (x.requires_grad and torch.is_grad_enabled() and x.device.type == "cpu" and self.bias is None
+                and self.groups == 1 and self.in_channels <= PHASE_INPUT_GRAD_MAX_CHANNELS)
