@@ -113,13 +113,12 @@ class FlowNet(nn.Module):
         r = self.correlation_radius
         height, width = first.shape[-2:]
         padded = F.pad(second, (r, r, r, r), mode="replicate")[:, 0]
-        shifts = [(dy, dx) for dy in range(-r, r + 1) for dx in range(-r, r + 1)]
-        # each difference is written straight into its channel, then squared in place: a third
-        # less memory traffic than stacking separately computed squares (the inputs need no gradient)
-        costs = first.new_empty(first.shape[0], len(shifts), height, width)
-        for channel, (dy, dx) in enumerate(shifts):
-            torch.sub(first[:, 0], padded[:, r + dy : r + dy + height, r + dx : r + dx + width], out=costs[:, channel])
-        return _pool2(costs.square_())
+        # every shifted window of the padded frame as a view (N, 2r+1, 2r+1, H, W), the differences
+        # written by one subtraction and squared in place (the inputs need no gradient)
+        windows = padded.unfold(1, height, 1).unfold(2, width, 1)
+        costs = first.new_empty(first.shape[0], 2 * r + 1, 2 * r + 1, height, width)
+        torch.sub(first[:, :, None], windows, out=costs)
+        return _pool2(costs.view(first.shape[0], -1, height, width).square_())
 
     def _level_cost(self, first: torch.Tensor, second: torch.Tensor, size: tuple[int, int],
                     flow: torch.Tensor | None) -> torch.Tensor:
