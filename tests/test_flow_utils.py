@@ -293,23 +293,3 @@ def test_dis_upsamples_tiny_frames_and_clip_helper() -> None:
     assert np.median(flows[:, 0, 8:-8, 8:-8]) == pytest.approx(1.0, abs=0.2)
     with pytest.raises(ValueError):
         classical_flow(frame0, frame0, method="lucas-kanade")
-
-
-@pytest.mark.parametrize("method", ["dis", "farneback"])
-def test_stacked_classical_flow_on_threads_equals_one_clip_at_a_time(method):
-    from flowaction.flow.classical import stacked_classical_flow
-
-    generator = torch.Generator().manual_seed(0)
-    frames = torch.nn.functional.avg_pool3d(torch.rand(5, 1, 7, 24, 24, generator=generator), (1, 3, 3), 1, (0, 1, 1))
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(3)  # more threads than this machine may have: the pool still keeps the order
-        threaded = stacked_classical_flow(frames, 2, method)
-        torch.set_num_threads(1)
-        one = stacked_classical_flow(frames, 2, method)
-    finally:
-        torch.set_num_threads(threads)
-    images = (frames[:, 0] * 255).round().to(torch.uint8).numpy()  # the 8-bit frames OpenCV is given
-    expected = torch.stack([torch.from_numpy(clip_classical_flow(clip, method))[::2].transpose(0, 1)
-                            for clip in images])
-    assert threaded.shape == (5, 2, 3, 24, 24) and torch.equal(threaded, one) and torch.equal(one, expected)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import cv2
@@ -188,17 +187,7 @@ def stacked_classical_flow(frames: torch.Tensor, stride: int, method: str = "dis
     frames' device."""
     images = (frames[:, 0].detach().cpu().numpy() * 255.0).round().astype(np.uint8)  # (B, T, H, W)
     starts = pair_starts(images.shape[1], stride)
-
-    def clip_flows(clip: np.ndarray) -> np.ndarray:
-        return np.stack([classical_flow(clip[p], clip[p + 1], method) for p in starts], axis=1)
-
-    # OpenCV releases the GIL: the clips on as many threads as torch computes with (each thread
-    # has its own estimator), the order kept
-    workers = min(len(images), max(1, torch.get_num_threads()))
-    if workers == 1:
-        out = [clip_flows(clip) for clip in images]
-    else:
-        with ThreadPoolExecutor(workers) as pool:
-            out = list(pool.map(clip_flows, images))
-    return torch.from_numpy(np.stack(out)).to(frames.device)
+    out = np.stack([np.stack([classical_flow(clip[p], clip[p + 1], method) for p in starts], axis=1)
+                    for clip in images])
+    return torch.from_numpy(out).to(frames.device)
 
