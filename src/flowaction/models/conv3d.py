@@ -2,14 +2,15 @@
 
 oneDNN's reduced-precision 3D convolution computes a wrong weight gradient on some CPUs when it
 pads the input itself: on an AMD EPYC with AVX-512-BF16 (no AMX) the weight gradient of a kernel
-whose temporal padding covers most of a short clip (the 3D ResNet's stem, 7 frames wide, over five
-flows; a 3 x 3 x 3 kernel over two time steps) comes out NaN, infinite or silently wrong, and some
-shapes corrupt the heap. Its outputs and input gradients are right, and so is the weight gradient
-of the same convolution over an input padded beforehand. So when a CPU trains :class:`Conv3d` in
-reduced precision, the forward pass and the input gradient run as PyTorch runs them and the weight
-gradient alone is taken over the padded input (padding everything beforehand would also be right,
-but the input gradient over the larger padded input costs more). Float32, GPUs and inference run
-plain ``F.conv3d``.
+whose temporal padding on the two sides covers a clip of 2 or more steps (the 3D ResNet's stem, 7
+frames wide, over 2 to 6 flows; a 3 x 3 x 3 kernel over 2 steps) comes out NaN, infinite or
+silently wrong, and some shapes corrupt the heap; on longer clips, and on one step, it is right.
+Its outputs and input gradients are right, and so is the weight gradient of the same convolution
+over an input padded beforehand. So when a CPU trains :class:`Conv3d` in reduced precision on such
+a clip, the forward pass and the input gradient run as PyTorch runs them and the weight gradient
+alone is taken over the padded input (padding everything beforehand would also be right, but the
+input gradient over the larger padded input costs more). Other shapes, float32, GPUs and inference
+run plain ``F.conv3d``.
 """
 from __future__ import annotations
 
@@ -58,12 +59,20 @@ class PaddedWeightGradConv3d(torch.autograd.Function):
         return grad_x, grad_weight, None, None, None, None
 
 
+def needs_padded_weight_grad(x: torch.Tensor, padding) -> bool:
+    """Whether a convolution of ``x`` (``(N, C, T, H, W)``) with zero ``padding`` has a weight
+    gradient of the kind oneDNN gets wrong in reduced precision: one whose temporal padding on the
+    two sides together covers a clip of two steps or more, ``2 <= T <= 2 * padding[0]``."""
+    return 2 <= x.shape[2] <= 2 * padding[0]
+
+
 def conv3d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride, padding, dilation=(1, 1, 1),
            groups: int = 1) -> torch.Tensor:
-    """``F.conv3d`` with zero ``padding`` (three ints); when a CPU trains in bf16 / fp16, its weight
-    gradient is taken over the input padded beforehand (see the module's docstring)."""
+    """``F.conv3d`` with zero ``padding`` (three ints); when a CPU trains in bf16 / fp16 on a clip
+    the temporal padding covers (:func:`needs_padded_weight_grad`), its weight gradient is taken
+    over the input padded beforehand (see the module's docstring)."""
     padding = tuple(padding)
-    dtype = reduced_cpu_training(x, weight) if any(padding) else None
+    dtype = reduced_cpu_training(x, weight) if needs_padded_weight_grad(x, padding) else None
     if dtype is None:
         return F.conv3d(x, weight, bias, stride, padding, dilation, groups)
     # cast as autocast would, so the saved tensors and the backward pass are in that precision

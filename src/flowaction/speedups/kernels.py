@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from flowaction.models.conv3d import Conv3d, conv3d, reduced_cpu_training
+from flowaction.models.conv3d import Conv3d, conv3d, needs_padded_weight_grad, reduced_cpu_training
 
 
 @functools.lru_cache(maxsize=None)
@@ -155,7 +155,7 @@ class CpuConv3d(Conv3d):
             if dtype is not None:  # cast as autocast would: the saved tensors and the backward in that precision
                 x, weight = x.to(dtype), weight.to(dtype)
             return PhaseInputGradConv3d.apply(x, weight, tuple(self.stride), padding,
-                                              dtype is not None and any(padding))
+                                              dtype is not None and needs_padded_weight_grad(x, padding))
         return conv3d(x, weight, self.bias, self.stride, padding, (1, 1, 1), self.groups)
 
     def _phases_apply(self, x: torch.Tensor) -> bool:
