@@ -116,8 +116,11 @@ class FlowNet(nn.Module):
         # every shifted window of the padded frame as a view (N, 2r+1, 2r+1, H, W), the differences
         # written by one subtraction and squared in place (the inputs need no gradient)
         windows = padded.unfold(1, height, 1).unfold(2, width, 1)
-        costs = first.new_empty(first.shape[0], 2 * r + 1, 2 * r + 1, height, width)
-        torch.sub(first[:, :, None], windows, out=costs)
+        if torch.compiler.is_compiling():  # traced (export, torch.compile): no writing through out=
+            costs = (first[:, :, None] - windows).contiguous()
+        else:
+            costs = first.new_empty(first.shape[0], 2 * r + 1, 2 * r + 1, height, width)
+            torch.sub(first[:, :, None], windows, out=costs)
         return _pool2(costs.view(first.shape[0], -1, height, width).square_())
 
     def _level_cost(self, first: torch.Tensor, second: torch.Tensor, size: tuple[int, int],
