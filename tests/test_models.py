@@ -185,3 +185,15 @@ def test_the_cost_volumes_pooling_equals_average_pooling_with_ceil_mode(size):
     expected = torch.nn.functional.avg_pool2d(x, 2, ceil_mode=True)
     ours = _pool2(x.clone())
     assert ours.shape == expected.shape and torch.allclose(ours, expected, atol=1e-6)
+
+
+def test_the_cost_volume_holds_the_pooled_squared_difference_at_every_shift():
+    net = FlowNet()
+    r = net.correlation_radius
+    first, second = torch.rand(2, 1, 12, 10), torch.rand(2, 1, 12, 10)
+    padded = torch.nn.functional.pad(second, (r, r, r, r), mode="replicate")
+    expected = torch.cat([(first - padded[..., r + dy:r + dy + 12, r + dx:r + dx + 10]).square()
+                          for dy in range(-r, r + 1) for dx in range(-r, r + 1)], dim=1)
+    expected = torch.nn.functional.avg_pool2d(expected, 2, ceil_mode=True)
+    ours = net._cost_volume(first, second)
+    assert ours.shape == (2, (2 * r + 1) ** 2, 6, 5) and torch.allclose(ours, expected, atol=1e-6)

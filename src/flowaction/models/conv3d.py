@@ -52,11 +52,19 @@ class PaddedWeightGradConv3d(torch.autograd.Function):
                 grad, x, weight, None, stride, padding, dilation, False, (0, 0, 0), groups, (True, False, False)
             )[0]
         if ctx.needs_input_grad[1]:
-            padded = F.pad(x, (padding[2], padding[2], padding[1], padding[1], padding[0], padding[0]))
-            grad_weight = torch.ops.aten.convolution_backward(
-                grad, padded, weight, None, stride, (0, 0, 0), dilation, False, (0, 0, 0), groups, (False, True, False)
-            )[1]
+            grad_weight = weight_grad(grad, x, weight, stride, padding, dilation, groups, padded=True)
         return grad_x, grad_weight, None, None, None, None
+
+
+def weight_grad(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, stride, padding, dilation=(1, 1, 1),
+                groups: int = 1, padded: bool = False) -> torch.Tensor:
+    """The weight gradient of ``F.conv3d(x, weight, None, stride, padding, dilation, groups)`` for
+    the output gradient ``grad``; with ``padded``, taken over ``x`` zero-padded beforehand (the
+    route that stays right in reduced precision, see the module's docstring)."""
+    if padded:
+        x, padding = F.pad(x, [p for p in reversed(padding) for _ in (0, 1)]), (0, 0, 0)
+    return torch.ops.aten.convolution_backward(
+        grad, x, weight, None, stride, padding, dilation, False, (0, 0, 0), groups, (False, True, False))[1]
 
 
 def needs_padded_weight_grad(x: torch.Tensor, padding) -> bool:

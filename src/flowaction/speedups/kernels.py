@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from flowaction.models.conv3d import Conv3d, conv3d, needs_padded_weight_grad, reduced_cpu_training
+from flowaction.models.conv3d import Conv3d, conv3d, needs_padded_weight_grad, reduced_cpu_training, weight_grad
 
 
 @functools.lru_cache(maxsize=None)
@@ -106,12 +106,7 @@ class PhaseInputGradConv3d(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             grad_x = phase_input_grad(grad, weight, x.shape[2:], stride, padding)
         if ctx.needs_input_grad[1]:
-            source, source_padding = x, padding
-            if padded_weight_grad:
-                source, source_padding = F.pad(x, [p for p in reversed(padding) for _ in (0, 1)]), (0, 0, 0)
-            grad_weight = torch.ops.aten.convolution_backward(
-                grad, source, weight, None, stride, source_padding, (1, 1, 1), False, (0, 0, 0), 1,
-                (False, True, False))[1]
+            grad_weight = weight_grad(grad, x, weight, stride, padding, padded=padded_weight_grad)
         return grad_x, grad_weight, None, None, None
 
 
