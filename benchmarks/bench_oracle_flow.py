@@ -50,6 +50,9 @@ from flowaction.models.build import build_model
 from flowaction.engine.optim import build_optimizer
 from flowaction.engine.loop import train_one_epoch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helper modules beside this script
+from flow_weights import flow_shape  # noqa: E402
+
 
 def pooled_flow(flow: torch.Tensor, factor: int) -> torch.Tensor:
     """``flow (..., 2, H, W)`` average-pooled by ``factor`` and upsampled back to ``H x W`` (bilinear;
@@ -82,6 +85,9 @@ class _WithTrueFlow:
 
 @torch.no_grad()
 def flow_error_per_class(cfg, cache, checkpoint: str | None, flow_weights: str = "default") -> dict[str, dict[str, float]]:
+    if not checkpoint:  # the network shape the weights file holds (a pyramid network, say)
+        for key, value in flow_shape(flow_weights).items():
+            setattr(cfg.model, key, value)
     model = build_model(cfg, len(cache.classes))
     if checkpoint:
         from flowaction.checkpoint import load_checkpoint, load_weights

@@ -12,16 +12,20 @@ from flowaction.models.build import build_joint_model
 from flowaction.models.weights import SHIPPED_FLOW, load_flow_weights, shipped_flow_weights
 
 
-def flow_model(weights: str = "default") -> torch.nn.Module:
-    """A joint model whose flow network is ``weights`` (only its ``flows`` path is used)."""
+def flow_shape(weights: str = "default") -> dict[str, int | bool]:
+    """The network shape a weights file holds: ``flow_width``, ``flow_refine``, ``flow_pyramid``
+    (the ``model.*`` keys a config must set to load it)."""
     path = shipped_flow_weights(weights) if weights in SHIPPED_FLOW else Path(weights)
     state = torch.load(path, weights_only=True)
     model_cfg = state.get("config", {}).get("model", {})
-    width = state.get("flow_width") or model_cfg.get("flow_width", ModelConfig.flow_width)
-    refine = bool(state.get("flow_refine", model_cfg.get("flow_refine", False)))
-    pyramid = bool(state.get("flow_pyramid", model_cfg.get("flow_pyramid", False)))
-    model = build_joint_model(num_classes=2, depth=10, flow_width=width, triplet_stride=1, flow_refine=refine,
-                              flow_pyramid=pyramid)
+    return {"flow_width": int(state.get("flow_width") or model_cfg.get("flow_width", ModelConfig.flow_width)),
+            "flow_refine": bool(state.get("flow_refine", model_cfg.get("flow_refine", False))),
+            "flow_pyramid": bool(state.get("flow_pyramid", model_cfg.get("flow_pyramid", False)))}
+
+
+def flow_model(weights: str = "default") -> torch.nn.Module:
+    """A joint model whose flow network is ``weights`` (only its ``flows`` path is used)."""
+    model = build_joint_model(num_classes=2, depth=10, triplet_stride=1, **flow_shape(weights))
     load_flow_weights(model.flow_net, weights)
     return model.eval()
 

@@ -38,3 +38,15 @@ def test_the_flow_benchmarks_name_two_pretrain_runs_apart_and_refuse_a_name_twic
     assert flow_weights.method_name("/x/my-net.pt") == "learned-my-net"
     with pytest.raises(SystemExit, match="both be reported as learned-census"):
         flow_weights.flow_models(f"{both},{tmp_path / 'census' / 'flownet.pt'}")
+
+
+def test_the_flow_benchmarks_build_the_network_shape_a_weights_file_holds(tmp_path):
+    from flowaction.models.flownet import FlowNet
+    from flowaction.models.weights import save_flow_weights
+
+    flow_weights = _load(SCRIPTS[0].parent / "flow_weights.py")
+    save_flow_weights(tmp_path / "pyr.pt", FlowNet(width=8, pyramid=True), {})
+    assert flow_weights.flow_shape(str(tmp_path / "pyr.pt")) == {"flow_width": 8, "flow_refine": False,
+                                                                 "flow_pyramid": True}
+    assert flow_weights.flow_shape("default")["flow_pyramid"] is False
+    assert flow_weights.flow_model(str(tmp_path / "pyr.pt")).flow_net.pyramid
