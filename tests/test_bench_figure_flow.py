@@ -34,3 +34,19 @@ def test_the_figure_flow_benchmark_scores_the_truth_exactly_and_the_methods_sens
     for method in methods[1:]:
         assert overall["methods"][method]["figure_epe"] > 0
     assert "| truth | 0.000 | 0.000 | 1.000 |" in done.stdout
+
+
+def test_the_input_scale_option_runs_the_networks_on_enlarged_frames(tmp_path):
+    reports = {}
+    for scale in (1, 2):
+        out = tmp_path / f"scale{scale}.json"
+        done = subprocess.run([sys.executable, str(SCRIPT), "--clips-per-class", "1", "--flow-weights", "default",
+                               "--input-scale", str(scale), "--out", str(out)], capture_output=True, text=True,
+                              timeout=300)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+        reports[scale] = json.loads(out.read_text())
+    assert reports[2]["input_scale"] == 2
+    one, two = (reports[s]["overall"]["methods"] for s in (1, 2))
+    assert two["truth"]["gain"] == pytest.approx(1.0, abs=1e-6)
+    assert two["dis"] == one["dis"]  # only the networks see the enlarged frames
+    assert two["learned"]["figure_epe"] != pytest.approx(one["learned"]["figure_epe"], abs=1e-4)

@@ -103,6 +103,34 @@ def test_flow_refine_config_builds_the_refine_level():
     assert not without.flow_net.refine and not hasattr(without.flow_net, "predict0")
 
 
+def test_flow_input_scale_runs_the_same_weights_on_enlarged_frames_and_returns_the_frames_grid():
+    from flowaction.config import ConfigError, from_dict
+    from flowaction.models.build import build_model
+
+    torch.manual_seed(0)
+    plain = FlowNet(width=8)
+    for name in ("predict3", "predict2", "predict1"):  # some flow to compare
+        torch.nn.init.normal_(getattr(plain, name).weight, std=0.1)
+    enlarged = FlowNet(width=8, input_scale=2)
+    enlarged.load_state_dict(plain.state_dict())  # the same weights fit: the switch adds none
+    triplets = torch.rand(2, 1, 3, 20, 24)
+    flow = enlarged(triplets)
+    assert flow.shape == (2, 2, 20, 24)
+    # by definition: the plain network on the frames enlarged 2x, its flow averaged over 2 x 2
+    # cells and its vectors halved (pixels of the frames' own grid)
+    big = torch.nn.functional.interpolate(triplets[:, 0], scale_factor=2, mode="bilinear",
+                                          align_corners=False).unsqueeze(1)
+    expected = torch.nn.functional.avg_pool2d(plain(big), 2) / 2
+    assert torch.allclose(flow, expected, atol=1e-6)
+    assert not torch.allclose(flow, plain(triplets), atol=1e-3)  # it is not the plain network's flow
+    # its pyramid works at twice the frames' resolution: the finest level is the frames' grid
+    assert enlarged(triplets, return_pyramid=True)[1][0].shape[-2:] == (20, 24)
+    model = build_model(from_dict({}, ["model.flow_input_scale=2", "model.depth=10"]), 3)
+    assert model.flow_net.input_scale == 2
+    with pytest.raises(ConfigError, match="model.flow_input_scale must be > 0"):
+        from_dict({}, ["model.flow_input_scale=0"])
+
+
 def test_one_frame_model_sees_one_repeated_frame_and_nothing_else():
     from flowaction.models.joint import one_frame
 

@@ -68,8 +68,8 @@ class ModelConfig:
     depth: int = 18
     shortcut: str = "B"
     flow_width: int = 16
-    # a full-resolution level at the end of the flow network (warps, compares, corrects)
-    flow_refine: bool = False
+    flow_refine: bool = False  # a full-resolution level at the end of the flow network (warps, compares, corrects)
+    flow_input_scale: int = 1  # the flow network sees the frames enlarged this many times (finer flow, more cost)
     flow_pyramid: bool = False  # a matching cost at every decoder level (coarse-to-fine search, larger motions)
     triplet_stride: int = 3
     input: str = "learned"  # one of MODEL_INPUTS
@@ -202,7 +202,7 @@ _CHOICES = {
     "data.synthetic.kind": SYNTHETIC_KINDS,
 }
 _POSITIVE = {
-    "data.num_frames", "data.frame_step", "data.crop", "data.test_clips", "model.flow_width",
+    "data.num_frames", "data.frame_step", "data.crop", "data.test_clips", "model.flow_width", "model.flow_input_scale",
     "model.triplet_stride", "optim.epochs", "optim.checkpoint_every", "optim.accumulate", "optim.batch_size", "optim.lr",
     "data.synthetic.size", "data.synthetic.num_frames",
     "data.synthetic.train_per_class", "data.synthetic.val_per_class", "data.synthetic.test_per_class",

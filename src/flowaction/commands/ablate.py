@@ -54,6 +54,7 @@ VARIANTS: dict[str, list[str]] = {
     "smooth2": ["model.flow_init=default", "loss.smooth_order=2"],
     "long-pair": ["model.flow_init=default", "loss.long_pair=1"],
     "refine": ["model.flow_init=default", "model.flow_refine=true"],
+    "input-scale-2": ["model.flow_input_scale=2"],  # the base's flow network on frames enlarged twice
     # the paper's open questions: too few stacked flows (clip length T, triplet stride s)? loss weighting?
     "T8": ["data.num_frames=8"],
     "T32": ["data.num_frames=32"],

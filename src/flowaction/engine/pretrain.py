@@ -98,7 +98,8 @@ def pretrain_flow(
     save_config(cfg, out / "config.yaml")
     torch.manual_seed(cfg.seed)
     apply_process_settings(cfg)
-    flow_net = FlowNet(width=cfg.model.flow_width, refine=cfg.model.flow_refine, pyramid=cfg.model.flow_pyramid)
+    flow_net = FlowNet(width=cfg.model.flow_width, refine=cfg.model.flow_refine, pyramid=cfg.model.flow_pyramid,
+                       input_scale=cfg.model.flow_input_scale)
     if cfg.model.flow_init != "none" and not (resume and (out / "last.pt").is_file()):
         # continue from a pre-trained network (e.g. the shipped one, on your own videos)
         meta = load_flow_weights(flow_net, cfg.model.flow_init)

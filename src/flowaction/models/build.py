@@ -30,6 +30,7 @@ def build_joint_model(
     zero_flow_output: bool = True,
     flow_refine: bool = False,
     flow_pyramid: bool = False,
+    flow_input_scale: int = 1,
 ) -> ActionModel:
     """The model for an action-network ``input`` (one of ``MODEL_INPUTS``; "learned" is the paper's):
     a :class:`JointModel` for learned inputs, a :class:`FrameModel` or a :class:`PrecomputedFlowModel`."""
@@ -44,7 +45,8 @@ def build_joint_model(
         )
     fuse = input == "learned+frames"
     return JointModel(
-        FlowNet(width=flow_width, zero_output=zero_flow_output, refine=flow_refine, pyramid=flow_pyramid),
+        FlowNet(width=flow_width, zero_output=zero_flow_output, refine=flow_refine, pyramid=flow_pyramid,
+                input_scale=flow_input_scale),
         resnet3d(depth, in_channels=3 if fuse else 2, num_classes=num_classes, shortcut=shortcut),
         triplet_stride=triplet_stride,
         fuse_frames=fuse,
@@ -56,7 +58,7 @@ def build_model(cfg: Config, num_classes: int) -> ActionModel:
     m = cfg.model
     return build_joint_model(num_classes, m.depth, m.shortcut, m.flow_width, m.triplet_stride, m.input,
                              zero_flow_output=m.flow_output_init == "zero", flow_refine=m.flow_refine,
-                             flow_pyramid=m.flow_pyramid)
+                             flow_pyramid=m.flow_pyramid, flow_input_scale=m.flow_input_scale)
 
 
 @dataclass
