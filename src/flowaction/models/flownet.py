@@ -168,7 +168,7 @@ class FlowNet(nn.Module):
         scale = self.input_scale
         if scale > 1:
             n, _, t, h, w = triplets.shape
-            triplets = F.interpolate(triplets.view(n, t, h, w), scale_factor=scale, mode="bilinear",
+            triplets = F.interpolate(triplets.reshape(n, t, h, w), scale_factor=scale, mode="bilinear",
                                      align_corners=False).view(n, 1, t, h * scale, w * scale)
         height, width = triplets.shape[-2:]
         stem = self.stem(triplets).squeeze(2)
