@@ -23,7 +23,8 @@ of ``--flow-weights``, DIS and Farneback. Results per class and over all clips (
 
 Run: ``.venv/bin/python benchmarks/bench_figure_flow.py [--flow-weights default,actions,FILE]
 [--clips-per-class 4] [--input-scale 1] [--threads 1] [--out benchmarks/results/figure_flow.json]``;
-``--input-scale 2`` runs every network on the frames enlarged twice (``model.flow_input_scale``).
+``--input-scale 2`` runs every network on the frames enlarged twice (``model.flow_input_scale``);
+without it each network runs at its own (a run checkpoint's from its config, 1 for a ``flownet.pt``).
 """
 from __future__ import annotations
 
@@ -151,18 +152,19 @@ def main() -> None:
     parser.add_argument("--flow-weights", default="default,actions",
                         help="comma-separated flow networks: shipped names (default, actions) or files")
     parser.add_argument("--clips-per-class", type=int, default=4, help="test clips of each action class")
-    parser.add_argument("--input-scale", type=int, default=1,
-                        help="run the networks on the frames enlarged this many times (model.flow_input_scale)")
+    parser.add_argument("--input-scale", type=int, default=None,
+                        help="run the networks on the frames enlarged this many times (model.flow_input_scale; "
+                             "default: each file's own, 1 for a flownet.pt, a run checkpoint's from its config)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/figure_flow.json"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     cv2.setNumThreads(args.threads)
     spec = ActionSpec()
-    if args.input_scale < 1:
+    if args.input_scale is not None and args.input_scale < 1:
         raise SystemExit(f"--input-scale must be >= 1, got {args.input_scale}")
     models = flow_models(args.flow_weights)
-    for model in models.values():
+    for model in models.values() if args.input_scale is not None else ():
         model.flow_net.input_scale = args.input_scale
     methods = ("truth", "zero", *models, "dis", "farneback")
     pairs = video_pairs(spec.num_frames, 1)
@@ -177,7 +179,7 @@ def main() -> None:
     report = {"seed": SEED, "split": SPLIT, "size": spec.size, "frames": spec.num_frames,
               "clips_per_class": args.clips_per_class, "clips": args.clips_per_class * spec.num_classes,
               "pairs_per_clip": len(pairs), "threads": args.threads, "weights": args.flow_weights,
-              "input_scale": args.input_scale,
+              "input_scale": {name: model.flow_net.input_scale for name, model in models.items()},
               "methods": list(methods), "overall": overall.result(),
               "classes": {name: tally.result() for name, tally in classes.items()}}
     total = report["overall"]

@@ -85,9 +85,9 @@ class _WithTrueFlow:
 
 @torch.no_grad()
 def flow_error_per_class(cfg, cache, checkpoint: str | None, flow_weights: str = "default") -> dict[str, dict[str, float]]:
-    if not checkpoint:  # the network shape the weights file holds (a pyramid network, say)
-        for key, value in flow_shape(flow_weights).items():
-            setattr(cfg.model, key, value)
+    # the network the file holds (a pyramid network, say) at the input scale it was trained at
+    for key, value in flow_shape(checkpoint or flow_weights).items():
+        setattr(cfg.model, key, value)
     model = build_model(cfg, len(cache.classes))
     if checkpoint:
         from flowaction.checkpoint import load_checkpoint, load_weights

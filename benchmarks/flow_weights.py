@@ -13,14 +13,16 @@ from flowaction.models.weights import SHIPPED_FLOW, load_flow_weights, shipped_f
 
 
 def flow_shape(weights: str = "default") -> dict[str, int | bool]:
-    """The network shape a weights file holds: ``flow_width``, ``flow_refine``, ``flow_pyramid``
-    (the ``model.*`` keys a config must set to load it)."""
+    """The network a weights file holds: ``flow_width``, ``flow_refine``, ``flow_pyramid`` (the
+    ``model.*`` keys a config must set to load it) and ``flow_input_scale``, the scale a run
+    checkpoint's config trained it at (1 for a ``flownet.pt``, whose weights do not depend on it)."""
     path = shipped_flow_weights(weights) if weights in SHIPPED_FLOW else Path(weights)
     state = torch.load(path, weights_only=True)
     model_cfg = state.get("config", {}).get("model", {})
     return {"flow_width": int(state.get("flow_width") or model_cfg.get("flow_width", ModelConfig.flow_width)),
             "flow_refine": bool(state.get("flow_refine", model_cfg.get("flow_refine", False))),
-            "flow_pyramid": bool(state.get("flow_pyramid", model_cfg.get("flow_pyramid", False)))}
+            "flow_pyramid": bool(state.get("flow_pyramid", model_cfg.get("flow_pyramid", False))),
+            "flow_input_scale": int(model_cfg.get("flow_input_scale", 1))}
 
 
 def flow_model(weights: str = "default") -> torch.nn.Module:

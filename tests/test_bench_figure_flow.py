@@ -45,7 +45,7 @@ def test_the_input_scale_option_runs_the_networks_on_enlarged_frames(tmp_path):
                               timeout=300)
         assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
         reports[scale] = json.loads(out.read_text())
-    assert reports[2]["input_scale"] == 2
+    assert reports[2]["input_scale"] == {"learned": 2}
     one, two = (reports[s]["overall"]["methods"] for s in (1, 2))
     assert two["truth"]["gain"] == pytest.approx(1.0, abs=1e-6)
     assert two["dis"] == one["dis"]  # only the networks see the enlarged frames

@@ -47,6 +47,19 @@ def test_the_flow_benchmarks_build_the_network_shape_a_weights_file_holds(tmp_pa
     flow_weights = _load(SCRIPTS[0].parent / "flow_weights.py")
     save_flow_weights(tmp_path / "pyr.pt", FlowNet(width=8, pyramid=True), {})
     assert flow_weights.flow_shape(str(tmp_path / "pyr.pt")) == {"flow_width": 8, "flow_refine": False,
-                                                                 "flow_pyramid": True}
+                                                                 "flow_pyramid": True, "flow_input_scale": 1}
     assert flow_weights.flow_shape("default")["flow_pyramid"] is False
     assert flow_weights.flow_model(str(tmp_path / "pyr.pt")).flow_net.pyramid
+
+
+def test_the_flow_benchmarks_run_a_checkpoint_at_the_input_scale_it_was_trained_at(tmp_path):
+    from flowaction.checkpoint import save_checkpoint
+    from flowaction.models.build import build_joint_model
+
+    flow_weights = _load(SCRIPTS[0].parent / "flow_weights.py")
+    model = build_joint_model(num_classes=3, depth=10, flow_width=8, flow_pyramid=True, flow_input_scale=2)
+    config = {"model": {"flow_width": 8, "flow_pyramid": True, "flow_input_scale": 2}}
+    save_checkpoint(tmp_path / "best.pt", {"model": model.state_dict(), "config": config, "classes": ["a", "b", "c"]})
+    shape = flow_weights.flow_shape(str(tmp_path / "best.pt"))
+    assert shape == {"flow_width": 8, "flow_refine": False, "flow_pyramid": True, "flow_input_scale": 2}
+    assert flow_weights.flow_model(str(tmp_path / "best.pt")).flow_net.input_scale == 2
