@@ -90,22 +90,30 @@ def test_default_flow_network_ships_and_loads():
     assert meta["steps"] > 0 and "command" in meta
 
 
-def test_actions_flow_network_ships_loads_and_differs_from_the_default():
+def test_the_shipped_flow_networks_load_by_name_and_differ():
     from flowaction.models.weights import SHIPPED_FLOW, shipped_flow_weights
 
-    assert set(SHIPPED_FLOW) == {"default", "actions"}
+    assert set(SHIPPED_FLOW) == {"default", "actions", "scenes"}
     nets = {}
     for name in SHIPPED_FLOW:
         assert shipped_flow_weights(name).is_file(), name
-        nets[name] = FlowNet(width=16)
+        nets[name] = FlowNet(width=16, pyramid=name == "scenes")
         meta = load_flow_weights(nets[name], name)
-        assert meta["steps"] > 0 and meta["command"].startswith("flowaction pretrain-flow")
+        assert meta["steps"] > 0 and "flowaction pretrain-flow" in meta["command"]
     assert "data.synthetic.kind=actions" in load_checkpoint(shipped_flow_weights("actions"))["meta"]["command"]
+    assert "--kind scenes" in load_checkpoint(shipped_flow_weights("scenes"))["meta"]["command"]
     triplet = torch.rand(1, 1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        assert not torch.allclose(nets["default"](triplet), nets["actions"](triplet))
-    # a run starts from it by name
+        flows = {name: net(triplet) for name, net in nets.items()}
+    assert not torch.allclose(flows["default"], flows["actions"])
+    assert not torch.allclose(flows["actions"], flows["scenes"])
+    # a run starts from one by name
     assert from_dict({}, ["model.flow_init=actions"]).model.flow_init == "actions"
+
+
+def test_the_shipped_scene_network_needs_the_pyramid_and_says_so():
+    with pytest.raises(ValueError, match="with the search at every level.*set model.flow_pyramid=true"):
+        load_flow_weights(FlowNet(width=16), "scenes")
 
 
 def test_pretrain_flow_on_a_folder_of_videos(tmp_path):

@@ -19,6 +19,7 @@ from flowaction.flow.classical import classical_flow
 from flowaction.flow.metrics import describe_flow_errors
 from flowaction.flow.viz import flow_panel
 from flowaction.models.build import load_model_checkpoint
+from flowaction.models.weights import SHIPPED_FLOW
 from flowaction.warp import backward_warp
 
 FLOW_NAMES = {"learned": "learned flow", "dis": "DIS (model input)", "farneback": "Farneback (model input)"}
@@ -106,8 +107,9 @@ def _run_demo_locked(out: Path, cfg: Config, preset: str, resume: bool, progress
     generated = time.time()
     kind = "" if cfg.data.cache else f"{cfg.data.synthetic.kind} "
     log(f"data: {len(cache.videos)} clips of {len(cache.classes)} {kind}classes in {cache.root}")
-    if cfg.model.flow_init in ("default", "actions"):
-        trained_on = "generated motion benchmark" if cfg.model.flow_init == "default" else "action benchmark's photographs"
+    if cfg.model.flow_init in SHIPPED_FLOW:
+        trained_on = {"default": "generated motion benchmark", "actions": "action benchmark's photographs",
+                      "scenes": "flow scenes of real photographs"}[cfg.model.flow_init]
         log(f"flow network: starts from the pre-trained network shipped with flowaction (self-supervised on the "
             f"{trained_on}); model.flow_init=none trains it from scratch as in the paper")
     elif cfg.model.flow_init != "none":

@@ -37,8 +37,10 @@ FLOW_KIND = "flownet"
 
 #: the flow networks shipped with the package, by ``model.flow_init`` name (docs/flow.md gives the
 #: command, data and figures of each): ``default``, self-supervised on the generated motion
-#: benchmark; ``actions``, that network continued on the articulated-action benchmark's photographs
-SHIPPED_FLOW = {"default": "flownet-default.pt", "actions": "flownet-actions.pt"}
+#: benchmark; ``actions``, that network continued on the articulated-action benchmark's photographs;
+#: ``scenes``, a pyramid network (``model.flow_pyramid=true``) self-supervised on flow scenes of real
+#: photographs at 112 px
+SHIPPED_FLOW = {"default": "flownet-default.pt", "actions": "flownet-actions.pt", "scenes": "flownet-scenes.pt"}
 
 
 def shipped_flow_weights(name: str) -> Path:
