@@ -62,10 +62,14 @@ def test_actions_study_reports_each_time_reversed_pair_and_controls_start_fresh(
     from flowaction.config import load_config, preset_path
 
     base = load_config(preset_path("actions"))
-    assert base.model.flow_init == "actions"  # the joint model starts from a shipped flow network
+    assert base.model.flow_init == "scenes"  # the joint model starts from a shipped flow network
     for variant in ("truth", "dis", "frames", "one-frame"):  # no flow network: nothing to start from
         assert variant_config(base, variant, 0).model.flow_init == "none"
-    assert variant_config(base, "learned", 0).model.flow_init == "actions"
+    assert variant_config(base, "learned", 0).model.flow_init == "scenes"
+    assert (base.model.flow_pyramid, base.model.flow_input_scale) == (True, 2)
+    study = load_config(preset_path("actions-study"))  # the recipe the committed study was run with
+    assert (study.model.flow_init, study.model.flow_pyramid, study.model.flow_input_scale) == ("actions", False, 1)
+    assert study.optim.epochs > base.optim.epochs and study.data == base.data
     paper = variant_config(base, "paper", 0).model  # the paper's training: from scratch, whole gradient
     assert (paper.flow_init, paper.flow_grad_scale) == ("none", 1.0)
     out = tmp_path / "study"

@@ -235,6 +235,21 @@ def test_presets_load_and_train_a_step(preset, request, tmp_path):
     assert summary["steps"] == 1 and (tmp_path / "run" / "best.pt").is_file()
 
 
+def test_the_actions_demo_preset_runs_end_to_end_from_the_shipped_scene_network(tmp_path):
+    from flowaction.config import load_config, preset_path
+
+    cfg = load_config(preset_path("actions"))
+    assert (cfg.model.flow_init, cfg.model.flow_pyramid, cfg.model.flow_input_scale) == ("scenes", True, 2)
+    out = tmp_path / "demo"
+    # the preset as it ships, on one clip per class and split, for one step of two clips
+    small = ["data.synthetic.train_per_class=1", "data.synthetic.val_per_class=1", "data.synthetic.test_per_class=1",
+             "optim.epochs=1", "optim.batch_size=2", "optim.steps=1"]
+    assert main(["demo", "--out", str(out), "--no-progress", *small]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["flow_init"] == "scenes" and metrics["train_steps"] == 1 and metrics["num_classes"] == 14
+    assert 0 < metrics["flow_moving_epe"] < metrics["zero_flow_moving_epe"]  # the shipped network's flow, not zero
+
+
 def test_auto_resume_starts_a_run_then_continues_it(tmp_path, data_dir, capsys):
     out = tmp_path / "run"
     assert main(["train", "--out", str(out), "--auto-resume", *TINY, f"data.synthetic_dir={data_dir}"]) == 0

@@ -237,8 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="generate the benchmark, train the joint model, report")
     demo.add_argument("--out", type=Path, default=Path("runs/demo"),
                       help="run directory (data, checkpoints, metrics.json, pictures)")
-    demo.add_argument("--preset", default="actions", help="actions (default: the articulated-action benchmark), "
-                      "motion (the rigid-motion world) or tiny (seconds, for tests)")
+    demo.add_argument("--preset", default="actions", help="actions (default: the articulated-action benchmark), actions-study "
+                      "(its study's longer recipe), motion (the rigid-motion world) or tiny (seconds, for tests)")
     _add_run_dir(demo, "demo")
     _add_overrides(demo)
     demo.set_defaults(func=_cmd_demo)

@@ -185,7 +185,7 @@ SYNTHETIC_CLASSES = {"motion": 10, "actions": 14, "scenes": 1}
 SYNTHETIC_DEFAULT_CLASSES = {"motion": 8, "actions": 14, "scenes": 1}
 #: the presets packaged with flowaction (``src/flowaction/configs/<name>.yaml``): ``--config NAME``
 PRESETS = ("actions", "motion", "tiny", "pretrain", "pretrain-scenes", "own-videos", "ucf101", "hmdb51", "ucf101-112", "hmdb51-112", "synthetic",
-           "ablation")
+           "ablation", "actions-study")
 _CHOICES = {
     "model.depth": (10, 18, 34, 50),
     "model.shortcut": ("A", "B"),
