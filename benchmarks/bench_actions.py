@@ -33,6 +33,9 @@ from flowaction.models.joint import Normalise
 from flowaction.models.weights import load_flow_weights
 from flowaction.warp import backward_warp
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helper modules beside this script
+from flow_weights import flow_shape  # noqa: E402
+
 
 def measure(label: int, clips: int, size: int) -> dict:
     exact_spec, spec = ActionSpec(size=size, photometric=False), ActionSpec(size=size)
@@ -70,8 +73,11 @@ def learned_flow(flow_net: FlowNet, frames: np.ndarray) -> np.ndarray:
 
 def strip(path: Path, size: int, flow_weights: str) -> None:
     """One clip of the test split per class (held-out photographs): two frames, the true flow,
-    the learned flow and DIS of the pair t -> t+1."""
-    flow_net = FlowNet()
+    the learned flow and DIS of the pair t -> t+1. ``flow_weights``: a shipped name, a ``flownet.pt``
+    or a run checkpoint, its network built in the shape (and, for a checkpoint, at the input scale) it holds."""
+    shape = flow_shape(flow_weights)
+    flow_net = FlowNet(width=shape["flow_width"], refine=shape["flow_refine"], pyramid=shape["flow_pyramid"],
+                       input_scale=shape["flow_input_scale"])
     load_flow_weights(flow_net, flow_weights)
     flow_net.eval()
     rows, labels = [], []
@@ -95,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/actions.json"))
     parser.add_argument("--picture", type=Path, default=Path("docs/actions/strip.png"))
     parser.add_argument("--flow-weights", default="actions",
-                        help="the flow network of the strip's learned column (default: the shipped actions network)")
+                        help="the flow network of the strip's learned column: a shipped name, a flownet.pt or a run's best.pt")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     results = {name: measure(label, args.clips, args.size) for label, name in enumerate(ACTION_NAMES)}

@@ -63,3 +63,15 @@ def test_the_flow_benchmarks_run_a_checkpoint_at_the_input_scale_it_was_trained_
     shape = flow_weights.flow_shape(str(tmp_path / "best.pt"))
     assert shape == {"flow_width": 8, "flow_refine": False, "flow_pyramid": True, "flow_input_scale": 2}
     assert flow_weights.flow_model(str(tmp_path / "best.pt")).flow_net.input_scale == 2
+
+
+def test_the_actions_strip_draws_the_flow_of_a_pyramid_checkpoint_at_its_scale(tmp_path):
+    from flowaction.checkpoint import save_checkpoint
+    from flowaction.models.build import build_joint_model
+
+    bench = _load(SCRIPTS[0].parent / "bench_actions.py")
+    model = build_joint_model(num_classes=3, depth=10, flow_pyramid=True, flow_input_scale=2)
+    config = {"model": {"flow_width": 16, "flow_pyramid": True, "flow_input_scale": 2}}
+    save_checkpoint(tmp_path / "best.pt", {"model": model.state_dict(), "config": config, "classes": ["a", "b", "c"]})
+    bench.strip(tmp_path / "strip.png", 32, str(tmp_path / "best.pt"))
+    assert (tmp_path / "strip.png").stat().st_size > 10_000
