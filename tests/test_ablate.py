@@ -97,3 +97,16 @@ def test_a_clip_longer_than_the_generated_videos_is_refused_before_anything_runs
     with pytest.raises(ValueError, match="variant T32: clips of 32 frames, but the generated videos have 16"):
         run_ablation("actions", ["learned", "T32"], 1, tmp_path / "study", progress=False)
     assert not (tmp_path / "study" / "data").exists()  # nothing generated
+
+
+def test_a_flow_network_of_another_shape_is_refused_before_anything_runs_and_default_variants_fit(tmp_path):
+    from flowaction.commands.ablate import run_ablation, variant_config
+    from flowaction.config import load_config, preset_path
+
+    base = load_config(preset_path("actions"))  # the scene network, with the search at every level
+    for variant in ("learned-pretrained", "smooth2", "long-pair", "refine"):  # from the default network: no search
+        assert not variant_config(base, variant, 0).model.flow_pyramid
+    with pytest.raises(ValueError, match="variant learned: .*search at every level.*model.flow_pyramid=true"):
+        run_ablation("actions", ["learned"], 1, tmp_path / "study", overrides=["model.flow_pyramid=false"],
+                     progress=False)
+    assert not (tmp_path / "study" / "data").exists()  # nothing generated

@@ -19,6 +19,8 @@ from flowaction.data.source import open_data
 from flowaction.engine.evaluate import evaluate_checkpoint
 from flowaction.engine.fit import fit
 from flowaction.models.build import build_model, count_parameters
+from flowaction.models.flownet import FlowNet
+from flowaction.models.weights import load_flow_weights
 from flowaction.plots import save_figure
 
 # variant name -> config overrides (the two-stage split is filled in from the epoch count)
@@ -27,7 +29,7 @@ VARIANTS: dict[str, list[str]] = {
     # from the base config's start and from the shipped self-supervised flow network; and as the
     # paper trains it: from scratch, the whole classifier gradient
     "learned": [],
-    "learned-pretrained": ["model.flow_init=default"],
+    "learned-pretrained": ["model.flow_init=default", "model.flow_pyramid=false"],
     "paper": ["model.flow_grad_scale=1", "model.flow_init=none"],
     "learned+frames": ["model.input=learned+frames"],
     "frames": ["model.input=frames"],
@@ -51,9 +53,9 @@ VARIANTS: dict[str, list[str]] = {
     # sub-pixel flow (rotation and expansion move a fraction of a pixel per frame), each from the
     # shipped flow network like learned-pretrained: from scratch the flow barely leaves zero flow
     # in a study run's few hundred steps, so a flow switch would show nothing there
-    "smooth2": ["model.flow_init=default", "loss.smooth_order=2"],
-    "long-pair": ["model.flow_init=default", "loss.long_pair=1"],
-    "refine": ["model.flow_init=default", "model.flow_refine=true"],
+    "smooth2": ["model.flow_init=default", "model.flow_pyramid=false", "loss.smooth_order=2"],
+    "long-pair": ["model.flow_init=default", "model.flow_pyramid=false", "loss.long_pair=1"],
+    "refine": ["model.flow_init=default", "model.flow_pyramid=false", "model.flow_refine=true"],
     "input-scale-2": ["model.flow_input_scale=2"],  # the base's flow network on frames enlarged twice
     # the paper's open questions: too few stacked flows (clip length T, triplet stride s)? loss weighting?
     "T8": ["data.num_frames=8"],
@@ -293,6 +295,13 @@ def run_ablation(
             raise ValueError(f"variant {variant}: clips of {needed} frames, but the generated videos have "
                              f"{base.data.synthetic.num_frames} (their last frame would be repeated); set "
                              f"data.synthetic.num_frames={needed} or leave {variant} out")
+        model = variant_config(base, variant, 0).model
+        if model.flow_init != "none":  # a flow network of another shape than the file's
+            try:
+                load_flow_weights(FlowNet(width=model.flow_width, refine=model.flow_refine, pyramid=model.flow_pyramid),
+                                  model.flow_init)
+            except (ValueError, FileNotFoundError) as error:
+                raise ValueError(f"variant {variant}: {error}") from error
     cache = open_data(base, out, progress=progress)
     results: dict[str, list[dict]] = {}
     for variant in variants:
