@@ -30,11 +30,10 @@ from flowaction.flow.metrics import MOVING_THRESHOLD
 from flowaction.flow.viz import flow_panel
 from flowaction.models.flownet import FlowNet
 from flowaction.models.joint import Normalise
-from flowaction.models.weights import load_flow_weights
 from flowaction.warp import backward_warp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helper modules beside this script
-from flow_weights import flow_shape  # noqa: E402
+from flow_weights import flow_model  # noqa: E402
 
 
 def measure(label: int, clips: int, size: int) -> dict:
@@ -75,11 +74,7 @@ def strip(path: Path, size: int, flow_weights: str) -> None:
     """One clip of the test split per class (held-out photographs): two frames, the true flow,
     the learned flow and DIS of the pair t -> t+1. ``flow_weights``: a shipped name, a ``flownet.pt``
     or a run checkpoint, its network built in the shape (and, for a checkpoint, at the input scale) it holds."""
-    shape = flow_shape(flow_weights)
-    flow_net = FlowNet(width=shape["flow_width"], refine=shape["flow_refine"], pyramid=shape["flow_pyramid"],
-                       input_scale=shape["flow_input_scale"])
-    load_flow_weights(flow_net, flow_weights)
-    flow_net.eval()
+    flow_net = flow_model(flow_weights).flow_net
     rows, labels = [], []
     for label, name in enumerate(ACTION_NAMES):
         clip = render_action_clip(label, clip_rng(1, "test", label), ActionSpec(size=size), split="test")

@@ -65,7 +65,7 @@ def test_the_flow_benchmarks_run_a_checkpoint_at_the_input_scale_it_was_trained_
     assert flow_weights.flow_model(str(tmp_path / "best.pt")).flow_net.input_scale == 2
 
 
-def test_the_actions_strip_draws_the_flow_of_a_pyramid_checkpoint_at_its_scale(tmp_path):
+def test_the_actions_strip_draws_the_flow_of_a_pyramid_checkpoint(tmp_path):
     from flowaction.checkpoint import save_checkpoint
     from flowaction.models.build import build_joint_model
 
