@@ -13,8 +13,8 @@ from flowaction.models.weights import SHIPPED_FLOW, load_flow_weights, shipped_f
 
 
 def flow_shape(weights: str = "default") -> dict[str, int | bool]:
-    """The network a weights file holds: ``flow_width``, ``flow_refine``, ``flow_pyramid`` (the
-    ``model.*`` keys a config must set to load it) and ``flow_input_scale``, the scale a run
+    """The network a weights file holds: ``flow_width``, ``flow_refine``, ``flow_pyramid``,
+    ``flow_features``, ``flow_search`` (the ``model.*`` keys a config must set to load it) and ``flow_input_scale``, the scale a run
     checkpoint's config trained it at (1 for a ``flownet.pt``, whose weights do not depend on it)."""
     path = shipped_flow_weights(weights) if weights in SHIPPED_FLOW else Path(weights)
     state = torch.load(path, weights_only=True)
@@ -22,6 +22,8 @@ def flow_shape(weights: str = "default") -> dict[str, int | bool]:
     return {"flow_width": int(state.get("flow_width") or model_cfg.get("flow_width", ModelConfig.flow_width)),
             "flow_refine": bool(state.get("flow_refine", model_cfg.get("flow_refine", False))),
             "flow_pyramid": bool(state.get("flow_pyramid", model_cfg.get("flow_pyramid", False))),
+            "flow_features": bool(state.get("flow_features", model_cfg.get("flow_features", False))),
+            "flow_search": int(state.get("flow_search", model_cfg.get("flow_search", 2))),
             "flow_input_scale": int(model_cfg.get("flow_input_scale", 1))}
 
 

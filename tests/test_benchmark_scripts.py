@@ -45,11 +45,13 @@ def test_the_flow_benchmarks_build_the_network_shape_a_weights_file_holds(tmp_pa
     from flowaction.models.weights import save_flow_weights
 
     flow_weights = _load(SCRIPTS[0].parent / "flow_weights.py")
-    save_flow_weights(tmp_path / "pyr.pt", FlowNet(width=8, pyramid=True), {})
-    assert flow_weights.flow_shape(str(tmp_path / "pyr.pt")) == {"flow_width": 8, "flow_refine": False,
-                                                                 "flow_pyramid": True, "flow_input_scale": 1}
+    save_flow_weights(tmp_path / "pyr.pt", FlowNet(width=8, pyramid=True, features=True, search_radius=3), {})
+    assert flow_weights.flow_shape(str(tmp_path / "pyr.pt")) == {
+        "flow_width": 8, "flow_refine": False, "flow_pyramid": True, "flow_features": True, "flow_search": 3,
+        "flow_input_scale": 1}
     assert flow_weights.flow_shape("default")["flow_pyramid"] is False
-    assert flow_weights.flow_model(str(tmp_path / "pyr.pt")).flow_net.pyramid
+    net = flow_weights.flow_model(str(tmp_path / "pyr.pt")).flow_net
+    assert net.pyramid and net.features and net.search_radius == 3
 
 
 def test_the_flow_benchmarks_run_a_checkpoint_at_the_input_scale_it_was_trained_at(tmp_path):
@@ -61,7 +63,8 @@ def test_the_flow_benchmarks_run_a_checkpoint_at_the_input_scale_it_was_trained_
     config = {"model": {"flow_width": 8, "flow_pyramid": True, "flow_input_scale": 2}}
     save_checkpoint(tmp_path / "best.pt", {"model": model.state_dict(), "config": config, "classes": ["a", "b", "c"]})
     shape = flow_weights.flow_shape(str(tmp_path / "best.pt"))
-    assert shape == {"flow_width": 8, "flow_refine": False, "flow_pyramid": True, "flow_input_scale": 2}
+    assert shape == {"flow_width": 8, "flow_refine": False, "flow_pyramid": True, "flow_features": False,
+                     "flow_search": 2, "flow_input_scale": 2}
     assert flow_weights.flow_model(str(tmp_path / "best.pt")).flow_net.input_scale == 2
 
 

@@ -175,7 +175,7 @@ def test_the_pyramid_search_finds_a_motion_beyond_the_plain_cost_volume_and_warp
     texture = torch.nn.functional.avg_pool2d(torch.randn(1, 1, 80, 80), 3, 1, 1)
     first, second = texture[..., 8:72, 8:72], texture[..., 8:72, 0:64]  # second = first moved 8 px right
     net = FlowNet(pyramid=True)
-    r = net.PYRAMID_RADIUS
+    r = net.search_radius
     shifts = [(dy, dx) for dy in range(-r, r + 1) for dx in range(-r, r + 1)]
     coarse = net._level_cost(first, second, (8, 8), None)[..., 2:6, 2:6].mean((0, 2, 3))
     assert shifts[int(coarse.argmin())] == (0, 1)  # one cell of 8 px, to the right
@@ -225,3 +225,64 @@ def test_the_cost_volume_holds_the_pooled_squared_difference_at_every_shift():
     expected = torch.nn.functional.avg_pool2d(expected, 2, ceil_mode=True)
     ours = net._cost_volume(first, second)
     assert ours.shape == (2, (2 * r + 1) ** 2, 6, 5) and torch.allclose(ours, expected, atol=1e-6)
+
+
+def test_a_wider_search_finds_a_motion_the_default_radius_cannot_hold():
+    """24 px is three cells at 1/8 resolution: beyond the default search of +-2 cells, the smallest
+    cost of ``flow_search=3`` there."""
+    torch.manual_seed(0)
+    texture = torch.nn.functional.avg_pool2d(torch.randn(1, 1, 112, 112), 3, 1, 1)
+    first, second = texture[..., 24:88, 24:88], texture[..., 24:88, 0:64]  # second = first moved 24 px right
+    wide, default = FlowNet(pyramid=True, search_radius=3), FlowNet(pyramid=True)
+    assert default.search_radius == 2
+    r = wide.search_radius
+    shifts = [(dy, dx) for dy in range(-r, r + 1) for dx in range(-r, r + 1)]
+    cost = wide._level_cost(first, second, (8, 8), None)
+    assert cost.shape[1] == 49 and default._level_cost(first, second, (8, 8), None).shape[1] == 25
+    assert shifts[int(cost[..., 3:5, 3:5].mean((0, 2, 3)).argmin())] == (0, 3)
+    assert wide(torch.rand(1, 1, 3, 40, 48)).shape == (1, 2, 40, 48)
+
+
+def test_flow_features_compare_an_encoders_features_of_each_frame_at_every_level():
+    torch.manual_seed(0)
+    net = FlowNet(pyramid=True, features=True)
+    first, second = torch.rand(2, 1, 37, 45), torch.rand(2, 1, 37, 45)
+    levels = net._pyramid_inputs(first, second)
+    # the same encoder for both frames, at the resolution of each decoder level (1/2, 1/4, 1/8)
+    assert [tuple(a.shape[1:]) for a, _ in levels] == [(8, 19, 23), (16, 10, 12), (32, 5, 6)]
+    assert torch.equal(levels[0][1], net.feat1(second))
+    assert torch.equal(levels[2][0], net.feat3(net.feat2(net.feat1(first))))
+    # the cost of C channels is the mean of the channels' own costs
+    a, b = levels[1]
+    per_channel = torch.stack([net._level_cost(a[:, c:c + 1], b[:, c:c + 1], (10, 12), None) for c in range(16)])
+    torch.testing.assert_close(net._level_cost(a, b, (10, 12), None), per_channel.mean(0))
+    # the plain search compares the frames themselves, and the features are trained by the flow loss
+    assert FlowNet(pyramid=True)._pyramid_inputs(first, second)[0][0] is first
+    trained = FlowNet(pyramid=True, features=True, zero_output=False)  # zero predictors pass no gradient
+    trained(torch.rand(1, 1, 3, 37, 45)).square().sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in trained.feat1.parameters())
+
+
+def test_flow_features_need_the_pyramid_and_files_of_another_search_are_refused_naming_both(tmp_path):
+    from flowaction.config import ConfigError, from_dict
+    from flowaction.models.build import build_model, flow_network
+    from flowaction.models.weights import load_flow_weights, save_flow_weights
+
+    with pytest.raises(ValueError, match="pyramid=True"):
+        FlowNet(features=True)
+    with pytest.raises(ConfigError, match="model.flow_pyramid=true"):
+        from_dict({}, ["model.flow_features=true"])
+    with pytest.raises(ConfigError, match="model.flow_search must be > 0"):
+        from_dict({}, ["model.flow_search=0"])
+    cfg = from_dict({}, ["model.flow_pyramid=true", "model.flow_features=true", "model.flow_search=3", "model.depth=10"])
+    net = build_model(cfg, 3).flow_net
+    assert net.features and net.search_radius == 3 and isinstance(flow_network(cfg.model), FlowNet)
+    save_flow_weights(tmp_path / "feat.pt", net, {})
+    loaded = FlowNet(pyramid=True, features=True, search_radius=3)
+    load_flow_weights(loaded, tmp_path / "feat.pt")
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in net.state_dict().items())
+    with pytest.raises(ValueError, match="model.flow_features=true; this model has model.flow_features=false"):
+        load_flow_weights(FlowNet(pyramid=True, search_radius=3), tmp_path / "feat.pt")
+    with pytest.raises(ValueError, match="model.flow_search=3; this model has model.flow_search=2"):
+        load_flow_weights(FlowNet(pyramid=True, features=True), tmp_path / "feat.pt")
+    load_flow_weights(FlowNet(pyramid=True), "scenes")  # a file written before the keys: the defaults

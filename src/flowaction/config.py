@@ -71,21 +71,19 @@ class ModelConfig:
     flow_refine: bool = False  # a full-resolution level at the end of the flow network (warps, compares, corrects)
     flow_input_scale: int = 1  # the flow network sees the frames enlarged this many times (finer flow, more cost)
     flow_pyramid: bool = False  # a matching cost at every decoder level (coarse-to-fine search, larger motions)
+    flow_features: bool = False  # with flow_pyramid: the search compares learned features, not pooled frames
+    flow_search: int = 2  # with flow_pyramid: the largest shift searched at every level, in px of that level
     triplet_stride: int = 3
     input: str = "learned"  # one of MODEL_INPUTS
-    # share of the classifier's gradient that reaches the flow network: 1 = the paper's joint
-    # training (the classifier's gradient then dominates the flow network's), 0 = it learns from the
-    # flow losses only (the classifier still sees and trains on the learned flow)
+    # share of the classifier's gradient that reaches the flow network: 1 = the paper's joint training,
+    # 0 = the flow network learns from the flow losses only (the classifier still sees the learned flow)
     flow_grad_scale: float = 0.1
-    # start from other weights: a flowaction checkpoint or a 3D ResNet checkpoint of Hara et al.
-    # (their state_dict layout); what does not fit (e.g. another number of classes) stays fresh
-    init: str = ""
-    # where the flow network starts: none (random, the paper's from-scratch training), default
-    # (the pre-trained network shipped in the package), actions (the shipped one continued on the
-    # action benchmark's photographs) or the path of a flownet.pt / run checkpoint
+    init: str = ""  # start from a flowaction or Hara et al.'s 3D ResNet checkpoint; what does not fit stays fresh
+    # where the flow network starts: none (random, the paper's from-scratch training), a shipped
+    # network (default, actions, scenes) or the path of a flownet.pt / run checkpoint
     flow_init: str = "none"
-    # dis / farneback inputs: "input": OpenCV flow on exactly the frames the flow network sees
-    # (jittered, cropped, noisy); "clean": precomputed from the cache's clean frames
+    # dis / farneback: OpenCV flow on the frames the flow network sees ("input": jittered, cropped,
+    # noisy) or precomputed from the cache's clean frames ("clean")
     classical_on: str = "input"
     flow_output_init: str = "zero"  # zero (start at zero flow) | random (PyTorch's default init)
 
@@ -203,8 +201,8 @@ _CHOICES = {
 }
 _POSITIVE = {
     "data.num_frames", "data.frame_step", "data.crop", "data.test_clips", "model.flow_width", "model.flow_input_scale",
+    "model.flow_search", "data.synthetic.size", "data.synthetic.num_frames",
     "model.triplet_stride", "optim.epochs", "optim.checkpoint_every", "optim.accumulate", "optim.batch_size", "optim.lr",
-    "data.synthetic.size", "data.synthetic.num_frames",
     "data.synthetic.train_per_class", "data.synthetic.val_per_class", "data.synthetic.test_per_class",
 }
 
@@ -318,6 +316,8 @@ def validate(cfg: Config) -> Config:
         raise ConfigError("data.synthetic.workers must be >= 0 (0: one per core)")
     if cfg.data.crop > cfg.data.synthetic.size and not cfg.data.cache:
         raise ConfigError(f"data.crop {cfg.data.crop} exceeds data.synthetic.size {cfg.data.synthetic.size}")
+    if cfg.model.flow_features and not cfg.model.flow_pyramid:
+        raise ConfigError("model.flow_features=true is what the search at every level compares: set model.flow_pyramid=true")
     if cfg.model.flow_init != "none" and cfg.model.input not in LEARNED_INPUTS:
         raise ConfigError(f"model.flow_init={cfg.model.flow_init!r} needs a model with a flow network "
                           f"(model.input learned or learned+frames, not {cfg.model.input!r})")
@@ -341,7 +341,7 @@ def to_dict(cfg: Any) -> dict:
 def from_dict(mapping: dict, overrides: list[str] | None = None) -> Config:
     """Build a validated config from nested ``mapping`` plus ``key=value`` overrides."""
     cfg, flat = Config(), flatten(mapping or {})
-    if "cpu.gemm_input_grad" in flat:  # the earlier name of the switch, in the configs runs saved
+    if "cpu.gemm_input_grad" in flat:  # the switch's earlier name, in the configs runs saved
         flat["cpu.phase_input_grad"] = flat.pop("cpu.gemm_input_grad")
     for key, value in flat.items():
         _set(cfg, key, value)

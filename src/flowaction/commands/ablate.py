@@ -18,8 +18,7 @@ from flowaction.data.poses import TIME_REVERSED_PAIRS
 from flowaction.data.source import open_data
 from flowaction.engine.evaluate import evaluate_checkpoint
 from flowaction.engine.fit import fit
-from flowaction.models.build import build_model, count_parameters
-from flowaction.models.flownet import FlowNet
+from flowaction.models.build import build_model, count_parameters, flow_network
 from flowaction.models.weights import load_flow_weights
 from flowaction.plots import save_figure
 
@@ -298,8 +297,7 @@ def run_ablation(
         model = variant_config(base, variant, 0).model
         if model.flow_init != "none":  # a flow network of another shape than the file's
             try:
-                load_flow_weights(FlowNet(width=model.flow_width, refine=model.flow_refine, pyramid=model.flow_pyramid),
-                                  model.flow_init)
+                load_flow_weights(flow_network(model), model.flow_init)
             except (ValueError, FileNotFoundError) as error:
                 raise ValueError(f"variant {variant}: {error}") from error
     cache = open_data(base, out, progress=progress)

@@ -31,7 +31,7 @@ from flowaction.engine.loaders import begin_epoch, clip_spec, loader_of, mixed_c
 from flowaction.engine.optim import adam_options, clip_gradients, learning_rate
 from flowaction.flow.metrics import FlowErrors, describe_flow_errors
 from flowaction.losses import flow_loss_terms
-from flowaction.models.build import count_parameters
+from flowaction.models.build import count_parameters, flow_network
 from flowaction.models.flownet import FlowNet
 from flowaction.models.joint import Normalise
 from flowaction.models.weights import FLOW_WEIGHTS, load_flow_weights, save_flow_weights
@@ -98,8 +98,7 @@ def pretrain_flow(
     save_config(cfg, out / "config.yaml")
     torch.manual_seed(cfg.seed)
     apply_process_settings(cfg)
-    flow_net = FlowNet(width=cfg.model.flow_width, refine=cfg.model.flow_refine, pyramid=cfg.model.flow_pyramid,
-                       input_scale=cfg.model.flow_input_scale)
+    flow_net = flow_network(cfg.model)
     if cfg.model.flow_init != "none" and not (resume and (out / "last.pt").is_file()):
         # continue from a pre-trained network (e.g. the shipped one, on your own videos)
         meta = load_flow_weights(flow_net, cfg.model.flow_init)

@@ -12,7 +12,7 @@ from typing import Any
 from torch import nn
 
 from flowaction.checkpoint import load_checkpoint, load_weights
-from flowaction.config import FRAME_INPUTS, MODEL_INPUTS, OUTSIDE_FLOW_INPUTS, Config, from_dict
+from flowaction.config import FRAME_INPUTS, MODEL_INPUTS, OUTSIDE_FLOW_INPUTS, Config, ModelConfig, from_dict
 from flowaction.models.flownet import FlowNet
 from flowaction.models.joint import FrameModel, JointModel, PrecomputedFlowModel
 from flowaction.models.resnet3d import resnet3d
@@ -31,6 +31,8 @@ def build_joint_model(
     flow_refine: bool = False,
     flow_pyramid: bool = False,
     flow_input_scale: int = 1,
+    flow_features: bool = False,
+    flow_search: int = 2,
 ) -> ActionModel:
     """The model for an action-network ``input`` (one of ``MODEL_INPUTS``; "learned" is the paper's):
     a :class:`JointModel` for learned inputs, a :class:`FrameModel` or a :class:`PrecomputedFlowModel`."""
@@ -46,7 +48,7 @@ def build_joint_model(
     fuse = input == "learned+frames"
     return JointModel(
         FlowNet(width=flow_width, zero_output=zero_flow_output, refine=flow_refine, pyramid=flow_pyramid,
-                input_scale=flow_input_scale),
+                input_scale=flow_input_scale, features=flow_features, search_radius=flow_search),
         resnet3d(depth, in_channels=3 if fuse else 2, num_classes=num_classes, shortcut=shortcut),
         triplet_stride=triplet_stride,
         fuse_frames=fuse,
@@ -58,7 +60,15 @@ def build_model(cfg: Config, num_classes: int) -> ActionModel:
     m = cfg.model
     return build_joint_model(num_classes, m.depth, m.shortcut, m.flow_width, m.triplet_stride, m.input,
                              zero_flow_output=m.flow_output_init == "zero", flow_refine=m.flow_refine,
-                             flow_pyramid=m.flow_pyramid, flow_input_scale=m.flow_input_scale)
+                             flow_pyramid=m.flow_pyramid, flow_input_scale=m.flow_input_scale,
+                             flow_features=m.flow_features, flow_search=m.flow_search)
+
+
+def flow_network(m: ModelConfig) -> FlowNet:
+    """The flow network of the model ``m`` describes (``model.flow_*``), freshly initialised."""
+    return FlowNet(width=m.flow_width, zero_output=m.flow_output_init == "zero", refine=m.flow_refine,
+                   pyramid=m.flow_pyramid, input_scale=m.flow_input_scale, features=m.flow_features,
+                   search_radius=m.flow_search)
 
 
 @dataclass

@@ -6,7 +6,8 @@ flow coarse-to-fine. Most of its work runs at 1/2 resolution and below: a full-r
 costs as much per step as the 3D ResNet behind it. An optional thin full-resolution level
 (``refine``) corrects the upsampled flow from the warp error it leaves. An optional search at every
 level (``pyramid``) matches the frames at 1/8, 1/4 and 1/2 resolution, the second one warped by
-the coarser level's flow first, so that motions of several pixels are found coarse-to-fine.
+the coarser level's flow first, so that motions of several pixels are found coarse-to-fine; with
+``features`` it matches learned features of each frame there instead of its pooled intensities.
 """
 from __future__ import annotations
 
@@ -51,23 +52,32 @@ class FlowNet(nn.Module):
         pyramid: add a matching cost at every decoder level (PWC-Net's coarse-to-fine search): the
             frames average-pooled to 1/8, 1/4 and 1/2 resolution, the second one warped by the
             flow of the level below, compared with the first at every shift of up to
-            ``PYRAMID_RADIUS`` px of that level. At 1/8 that is a search of +-16 px of the full
+            ``search_radius`` px of that level. At 1/8 that is a search of +-16 px of the full
             frame, where the plain network's one cost volume covers +-``correlation_radius`` px.
         input_scale: enlarge the frames this many times (bilinear) before the network and
             average the flow back to the frames' grid (its vectors divided by the factor). At 2 the
             half-resolution levels work at the frames' own resolution: flow detail of a pixel or
             two (thin limbs), for four times the cost. The weights do not depend on it.
+        features: with ``pyramid``, the search compares features of each frame (a small encoder
+            shared by both frames, as in PWC-Net: 1 -> width/2, width, 2 x width channels at 1/2, 1/4
+            and 1/8 resolution) instead of the frames' pooled intensities: texture that pooling
+            averages away, and a learned robustness to brightness changes.
+        search_radius: with ``pyramid``, the largest shift searched at every level, in pixels of
+            that level (at 1/8: 8 x this of the full frame).
     """
-
-    PYRAMID_RADIUS = 2
 
     def __init__(
         self, width: int = 16, in_frames: int = 3, correlation_radius: int = 3, zero_output: bool = True,
-        refine: bool = False, pyramid: bool = False, input_scale: int = 1,
+        refine: bool = False, pyramid: bool = False, input_scale: int = 1, features: bool = False,
+        search_radius: int = 2,
     ) -> None:
         super().__init__()
         if input_scale < 1:
             raise ValueError(f"input_scale must be >= 1, got {input_scale}")
+        if features and not pyramid:
+            raise ValueError("features are what the search at every level compares: they need pyramid=True")
+        if search_radius < 1:
+            raise ValueError(f"search_radius must be >= 1, got {search_radius}")
         self.input_scale = input_scale
         c1, c2, c3, c4 = width, 2 * width, 4 * width, 6 * width
         self.width = width
@@ -84,9 +94,16 @@ class FlowNet(nn.Module):
         self.enc2 = nn.Sequential(_conv(c2, c3, stride=2), _conv(c3, c3))  # 1/4
         self.enc3 = nn.Sequential(_conv(c3, c4, stride=2), _conv(c4, c4))  # 1/8
         self.pyramid = pyramid
-        search = (2 * self.PYRAMID_RADIUS + 1) ** 2 if pyramid else 0
+        self.search_radius = search_radius
+        search = (2 * search_radius + 1) ** 2 if pyramid else 0
         if pyramid:
             self.mix3 = _conv(c4 + search, c4)
+        self.features = features
+        if features:  # one encoder for both frames: (N, 1, H, W) -> features at 1/2, 1/4, 1/8
+            f1, f2, f3 = max(c1 // 2, 1), c1, c2
+            self.feat1 = nn.Sequential(_conv(1, f1, stride=2), _conv(f1, f1))
+            self.feat2 = nn.Sequential(_conv(f1, f2, stride=2), _conv(f2, f2))
+            self.feat3 = nn.Sequential(_conv(f2, f3, stride=2), _conv(f3, f3))
         self.predict3 = nn.Conv2d(c4, 2, 3, padding=1)
         # narrow decoder: at 1/4 and 1/2 resolution it dominates the cost, so it stays thin
         self.dec2 = _conv(c4 + c3 + 2 + search, c2)
@@ -132,18 +149,30 @@ class FlowNet(nn.Module):
 
     def _level_cost(self, first: torch.Tensor, second: torch.Tensor, size: tuple[int, int],
                     flow: torch.Tensor | None) -> torch.Tensor:
-        """Squared differences ``(N, (2R+1)^2, h, w)`` of ``first`` and ``second`` (``(N, 1, H, W)``)
-        average-pooled to ``size``, ``second`` warped by ``flow`` (pixels of ``size``) first, at
-        every shift of up to ``R = PYRAMID_RADIUS`` px."""
-        a = F.adaptive_avg_pool2d(first, size)
-        b = F.adaptive_avg_pool2d(second, size)
+        """Mean squared differences over channels ``(N, (2R+1)^2, h, w)`` of ``first`` and ``second``
+        (``(N, C, H, W)``: the frames, or their features at this level) average-pooled to ``size``,
+        ``second`` warped by ``flow`` (pixels of ``size``) first, at every shift of up to
+        ``R = search_radius`` px."""
+        a = first if first.shape[-2:] == size else F.adaptive_avg_pool2d(first, size)
+        b = second if second.shape[-2:] == size else F.adaptive_avg_pool2d(second, size)
         if flow is not None:
             b = backward_warp(b, flow)
-        r = self.PYRAMID_RADIUS
+        r = self.search_radius
         padded = F.pad(b, (r, r, r, r), mode="replicate")
         height, width = size
-        return torch.cat([(a - padded[..., r + dy : r + dy + height, r + dx : r + dx + width]).square()
+        return torch.cat([(a - padded[..., r + dy : r + dy + height, r + dx : r + dx + width]).square().mean(1, True)
                           for dy in range(-r, r + 1) for dx in range(-r, r + 1)], dim=1)
+
+    def _pyramid_inputs(self, first: torch.Tensor, second: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """What the search compares at 1/2, 1/4 and 1/8: the frames themselves (pooled per level),
+        or with ``features`` the shared encoder's features of each frame."""
+        if not self.features:
+            return [(first, second)] * 3
+        levels, x = [], torch.cat((first, second))
+        for encoder in (self.feat1, self.feat2, self.feat3):
+            x = encoder(x)
+            levels.append(x.chunk(2))
+        return levels
 
     @staticmethod
     def _upsample_flow(flow: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -181,16 +210,16 @@ class FlowNet(nn.Module):
         x1 = self.enc1(x0)
         x2 = self.enc2(x1)
         x3 = self.enc3(x2)
-        first, second = triplets[:, :, 0], triplets[:, :, 1]
         if self.pyramid:
-            x3 = self.mix3(torch.cat((x3, self._level_cost(first, second, x3.shape[-2:], None)), 1))
+            (a1, b1), (a2, b2), (a3, b3) = self._pyramid_inputs(triplets[:, :, 0], triplets[:, :, 1])
+            x3 = self.mix3(torch.cat((x3, self._level_cost(a3, b3, x3.shape[-2:], None)), 1))
         flow3 = self.predict3(x3)
         up3 = self._upsample_flow(flow3, x2.shape[-2:])
-        extra2 = [self._level_cost(first, second, x2.shape[-2:], up3)] if self.pyramid else []
+        extra2 = [self._level_cost(a2, b2, x2.shape[-2:], up3)] if self.pyramid else []
         d2 = self.dec2(torch.cat([F.interpolate(x3, size=x2.shape[-2:], mode="nearest"), x2, up3, *extra2], 1))
         flow2 = up3 + self.predict2(d2)
         up2 = self._upsample_flow(flow2, x1.shape[-2:])
-        extra1 = [self._level_cost(first, second, x1.shape[-2:], up2)] if self.pyramid else []
+        extra1 = [self._level_cost(a1, b1, x1.shape[-2:], up2)] if self.pyramid else []
         d1 = self.dec1(torch.cat([F.interpolate(d2, size=x1.shape[-2:], mode="nearest"), x1, up2, *extra1], 1))
         flow1 = up2 + self.predict1(d1)
         flow = self._upsample_flow(flow1, (height, width))

@@ -43,6 +43,10 @@ FLOW_KIND = "flownet"
 SHIPPED_FLOW = {"default": "flownet-default.pt", "actions": "flownet-actions.pt", "scenes": "flownet-scenes.pt"}
 
 
+#: the search's keys a flow file and a run's config hold (files written before they existed: the defaults)
+SEARCH_KEYS = {"flow_features": False, "flow_search": 2}
+
+
 def shipped_flow_weights(name: str) -> Path:
     """The file of a shipped flow network (a name of :data:`SHIPPED_FLOW`)."""
     return Path(str(resources.files("flowaction") / "weights" / SHIPPED_FLOW[name]))
@@ -56,7 +60,8 @@ def default_flow_weights() -> Path:
 def save_flow_weights(path: str | os.PathLike, flow_net: FlowNet, meta: dict[str, Any]) -> None:
     """Write a flow network as plain tensors plus its width (atomic)."""
     state = {"kind": FLOW_KIND, "flow_width": flow_net.width, "flow_refine": flow_net.refine,
-             "flow_pyramid": flow_net.pyramid, "model": flow_net.state_dict(), "meta": meta}
+             "flow_pyramid": flow_net.pyramid, "flow_features": flow_net.features, "flow_search": flow_net.search_radius,
+             "model": flow_net.state_dict(), "meta": meta}
     save_checkpoint(path, {**state, "config": {}, "classes": []})
 
 
@@ -69,6 +74,7 @@ def load_flow_weights(flow_net: FlowNet, source: str | os.PathLike) -> dict:
         weights, width = state["model"], state["flow_width"]
         refine = state.get("flow_refine", False)
         pyramid = state.get("flow_pyramid", False)
+        search = {key: state.get(key, default) for key, default in SEARCH_KEYS.items()}
     else:  # a whole flowaction run checkpoint: take its flow network
         weights = {k[len("flow_net."):]: v for k, v in state["model"].items() if k.startswith("flow_net.")}
         if not weights:
@@ -77,6 +83,7 @@ def load_flow_weights(flow_net: FlowNet, source: str | os.PathLike) -> dict:
         width = state.get("config", {}).get("model", {}).get("flow_width")
         refine = state.get("config", {}).get("model", {}).get("flow_refine", False)
         pyramid = state.get("config", {}).get("model", {}).get("flow_pyramid", False)
+        search = {key: state.get("config", {}).get("model", {}).get(key, default) for key, default in SEARCH_KEYS.items()}
     if width != flow_net.width:
         raise ValueError(f"{path} holds a flow network of width {width}; this model has model.flow_width="
                          f"{flow_net.width}: set model.flow_width={width} or pre-train one of that width")
@@ -85,6 +92,12 @@ def load_flow_weights(flow_net: FlowNet, source: str | os.PathLike) -> dict:
         raise ValueError(f"{path} holds a flow network {have} the search at every level; this model has "
                          f"model.flow_pyramid={str(flow_net.pyramid).lower()}: set model.flow_pyramid="
                          f"{str(pyramid).lower()} or pre-train one {want} it")
+    if pyramid:  # what the search compares and how far it reaches
+        for key, have in (("flow_features", flow_net.features), ("flow_search", flow_net.search_radius)):
+            if search[key] != have:
+                setting = str(search[key]).lower()
+                raise ValueError(f"{path} holds a flow network with model.{key}={setting}; this model has "
+                                 f"model.{key}={str(have).lower()}: set model.{key}={setting} or pre-train one with it")
     if flow_net.refine and not refine:
         # a network without the full-resolution level starts one with it: the new level's output
         # layer starts at zero, so the flow equals the loaded network's until training moves it
