@@ -158,10 +158,14 @@ class FlowNet(nn.Module):
         if flow is not None:
             b = backward_warp(b, flow)
         r = self.search_radius
-        padded = F.pad(b, (r, r, r, r), mode="replicate")
         height, width = size
-        return torch.cat([(a - padded[..., r + dy : r + dy + height, r + dx : r + dx + width]).square().mean(1, True)
-                          for dy in range(-r, r + 1) for dx in range(-r, r + 1)], dim=1)
+        padded = F.pad(b, (r, r, r, r), mode="replicate")
+        if a.shape[1] == 1:  # the frames: a slice per shift, the arithmetic the shipped networks were trained with
+            return torch.cat([(a - padded[..., r + dy : r + dy + height, r + dx : r + dx + width]).square()
+                              for dy in range(-r, r + 1) for dx in range(-r, r + 1)], dim=1)
+        # features: every shifted window as a view (N, C, 2r+1, 2r+1, h, w), one subtraction for all
+        windows = padded.unfold(2, height, 1).unfold(3, width, 1)
+        return (a[:, :, None, None] - windows).square().mean(1).reshape(a.shape[0], -1, height, width)
 
     def _pyramid_inputs(self, first: torch.Tensor, second: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """What the search compares at 1/2, 1/4 and 1/8: the frames themselves (pooled per level),
