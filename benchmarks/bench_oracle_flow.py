@@ -22,6 +22,9 @@ Run (about five minutes on two CPU cores)::
 
     .venv/bin/python benchmarks/bench_oracle_flow.py --out benchmarks/results/oracle_flow
 
+``--skip-oracle`` gives only the per-class flow error; ``--input-scale S`` runs the flow network on
+the frames enlarged S times (``model.flow_input_scale``).
+
 ``--respawn RUN`` instead scores a demo run's ``best.pt`` per class on the test clips with and without
 a respawn (an object jumping to the other end of its radius range) in a pair its flows relate.
 """
@@ -84,10 +87,14 @@ class _WithTrueFlow:
 
 
 @torch.no_grad()
-def flow_error_per_class(cfg, cache, checkpoint: str | None, flow_weights: str = "default") -> dict[str, dict[str, float]]:
-    # the network the file holds (a pyramid network, say) at the input scale it was trained at
+def flow_error_per_class(cfg, cache, checkpoint: str | None, flow_weights: str = "default",
+                         input_scale: int | None = None) -> dict[str, dict[str, float]]:
+    # the network the file holds (a pyramid network, say) at the input scale it was trained at,
+    # or at ``input_scale``
     for key, value in flow_shape(checkpoint or flow_weights).items():
         setattr(cfg.model, key, value)
+    if input_scale is not None:
+        cfg.model.flow_input_scale = input_scale
     model = build_model(cfg, len(cache.classes))
     if checkpoint:
         from flowaction.checkpoint import load_checkpoint, load_weights
@@ -225,6 +232,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="a flownet.pt from pretrain-flow to score instead of the shipped one (without --checkpoint)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     parser.add_argument("--skip-oracle", action="store_true", help="only the per-class flow error (seconds)")
+    parser.add_argument("--input-scale", type=int, default=None, help="run the flow network on the frames enlarged "
+                        "this many times (model.flow_input_scale; default: the scale its file was trained at)")
     parser.add_argument("--pool", default="1", help="comma-separated factors: an oracle on the truth pooled to "
                                                      "1/F and upsampled back, for each F (1: the truth itself)")
     parser.add_argument("--seeds", type=int, default=1, help="oracle runs per factor, seeds 0..N-1")
@@ -245,16 +254,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name:12s} {cells[0]:>8s} {cells[1]:>8s}")
         (args.out / "respawn.json").write_text(json.dumps({"run": str(args.respawn), "per_class": counts}, indent=1))
         return 0
-    overrides = [f"data.synthetic_dir={args.data}"]
-    if args.flow_weights != "default" and not args.checkpoint:
-        from flowaction.checkpoint import load_checkpoint
-
-        # build the flow network the file holds (with or without the full-resolution level)
-        refine = bool(load_checkpoint(args.flow_weights).get("flow_refine", False))
-        overrides.append(f"model.flow_refine={str(refine).lower()}")
-    cfg = load_config(preset_path(args.preset), overrides)
+    cfg = load_config(preset_path(args.preset), [f"data.synthetic_dir={args.data}"])
     cache = open_data(cfg, args.data.parent, progress=False)
-    errors = flow_error_per_class(cfg, cache, args.checkpoint, args.flow_weights)
+    if args.input_scale is not None and args.input_scale < 1:
+        raise SystemExit(f"--input-scale must be >= 1, got {args.input_scale}")
+    errors = flow_error_per_class(cfg, cache, args.checkpoint, args.flow_weights, args.input_scale)
     source = args.checkpoint or ("shipped flow network" if args.flow_weights == "default" else args.flow_weights)
     print(f"moving-pixel EPE per class, test split ({source})")
     print(f"{'class':12s} {'learned':>8s} {'DIS':>8s} {'|GT|':>8s} {'learned/|GT|':>13s} {'gain':>6s} {'gain>0':>7s}"
@@ -265,7 +269,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{row['learned_epe'] / row['gt_speed']:13.2f} {row['learned_gain']:6.2f} {agree:>7s}"
               f"   {'':21s}{100 * row['photometric_learned']:8.3f} {100 * row['photometric_truth']:8.3f} "
               f"{100 * row['photometric_zero']:8.3f}")
-    result = {"preset": args.preset, "flow_source": source, "flow_error_per_class": errors}
+    result = {"preset": args.preset, "flow_source": source, "input_scale": cfg.model.flow_input_scale,
+              "flow_error_per_class": errors}
     if not args.skip_oracle:
         runs, epes = [], {}
         for factor in (int(f) for f in args.pool.split(",")):

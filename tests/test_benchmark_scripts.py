@@ -78,3 +78,20 @@ def test_the_actions_strip_draws_the_flow_of_a_pyramid_checkpoint(tmp_path):
     save_checkpoint(tmp_path / "best.pt", {"model": model.state_dict(), "config": config, "classes": ["a", "b", "c"]})
     bench.strip(tmp_path / "strip.png", 32, str(tmp_path / "best.pt"))
     assert (tmp_path / "strip.png").stat().st_size > 10_000
+
+
+def test_the_oracle_benchmarks_flow_error_runs_a_shipped_network_by_name_at_another_input_scale(tmp_path):
+    from flowaction.config import load_config, preset_path
+    from flowaction.data.source import open_data
+
+    bench = _load(SCRIPTS[0].parent / "bench_oracle_flow.py")
+    sizes = [f"data.synthetic.{split}_per_class=1" for split in ("train", "val", "test")]
+    cfg = load_config(preset_path("motion"), [f"data.synthetic_dir={tmp_path / 'data'}", *sizes])
+    cache = open_data(cfg, tmp_path, progress=False)
+    errors = {}
+    for scale in (1, 2):
+        errors[scale] = bench.flow_error_per_class(cfg, cache, None, "scenes", input_scale=scale)
+        assert cfg.model.flow_pyramid and cfg.model.flow_input_scale == scale  # the file's shape, the scale asked
+    assert set(errors[2]) == set(cache.classes)
+    assert all(errors[1][name]["dis_epe"] == errors[2][name]["dis_epe"] for name in cache.classes)  # same pixels
+    assert all(errors[1][name]["learned_epe"] != errors[2][name]["learned_epe"] for name in cache.classes)
