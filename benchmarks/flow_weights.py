@@ -14,8 +14,9 @@ from flowaction.models.weights import SHIPPED_FLOW, load_flow_weights, shipped_f
 
 def flow_shape(weights: str = "default") -> dict[str, int | bool]:
     """The network a weights file holds: ``flow_width``, ``flow_refine``, ``flow_pyramid``,
-    ``flow_features``, ``flow_search`` (the ``model.*`` keys a config must set to load it) and ``flow_input_scale``, the scale a run
-    checkpoint's config trained it at (1 for a ``flownet.pt``, whose weights do not depend on it)."""
+    ``flow_features``, ``flow_search`` (the ``model.*`` keys a config must set to load it) and
+    ``flow_input_scale``, the scale a run checkpoint's config trained it at (1 for a ``flownet.pt``,
+    whose weights do not depend on it)."""
     path = shipped_flow_weights(weights) if weights in SHIPPED_FLOW else Path(weights)
     state = torch.load(path, weights_only=True)
     model_cfg = state.get("config", {}).get("model", {})

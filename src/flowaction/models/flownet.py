@@ -52,7 +52,7 @@ class FlowNet(nn.Module):
         pyramid: add a matching cost at every decoder level (PWC-Net's coarse-to-fine search): the
             frames average-pooled to 1/8, 1/4 and 1/2 resolution, the second one warped by the
             flow of the level below, compared with the first at every shift of up to
-            ``search_radius`` px of that level. At 1/8 that is a search of +-16 px of the full
+            ``search_radius`` px of that level. At 1/8 and radius 2 that is +-16 px of the full
             frame, where the plain network's one cost volume covers +-``correlation_radius`` px.
         input_scale: enlarge the frames this many times (bilinear) before the network and
             average the flow back to the frames' grid (its vectors divided by the factor). At 2 the
