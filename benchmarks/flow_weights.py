@@ -9,7 +9,7 @@ import torch
 
 from flowaction.config import ModelConfig
 from flowaction.models.build import build_joint_model
-from flowaction.models.weights import SHIPPED_FLOW, load_flow_weights, shipped_flow_weights
+from flowaction.models.weights import SEARCH_KEYS, SHIPPED_FLOW, load_flow_weights, shipped_flow_weights
 
 
 def flow_shape(weights: str = "default") -> dict[str, int | bool]:
@@ -23,8 +23,7 @@ def flow_shape(weights: str = "default") -> dict[str, int | bool]:
     return {"flow_width": int(state.get("flow_width") or model_cfg.get("flow_width", ModelConfig.flow_width)),
             "flow_refine": bool(state.get("flow_refine", model_cfg.get("flow_refine", False))),
             "flow_pyramid": bool(state.get("flow_pyramid", model_cfg.get("flow_pyramid", False))),
-            "flow_features": bool(state.get("flow_features", model_cfg.get("flow_features", False))),
-            "flow_search": int(state.get("flow_search", model_cfg.get("flow_search", 2))),
+            **{key: type(default)(state.get(key, model_cfg.get(key, default))) for key, default in SEARCH_KEYS.items()},
             "flow_input_scale": int(model_cfg.get("flow_input_scale", 1))}
 
 

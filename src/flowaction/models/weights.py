@@ -80,10 +80,11 @@ def load_flow_weights(flow_net: FlowNet, source: str | os.PathLike) -> dict:
         if not weights:
             raise ValueError(f"{path} holds no flow network (model.input "
                              f"{state.get('config', {}).get('model', {}).get('input')!r})")
-        width = state.get("config", {}).get("model", {}).get("flow_width")
-        refine = state.get("config", {}).get("model", {}).get("flow_refine", False)
-        pyramid = state.get("config", {}).get("model", {}).get("flow_pyramid", False)
-        search = {key: state.get("config", {}).get("model", {}).get(key, default) for key, default in SEARCH_KEYS.items()}
+        model_cfg = state.get("config", {}).get("model", {})
+        width = model_cfg.get("flow_width")
+        refine = model_cfg.get("flow_refine", False)
+        pyramid = model_cfg.get("flow_pyramid", False)
+        search = {key: model_cfg.get(key, default) for key, default in SEARCH_KEYS.items()}
     if width != flow_net.width:
         raise ValueError(f"{path} holds a flow network of width {width}; this model has model.flow_width="
                          f"{flow_net.width}: set model.flow_width={width} or pre-train one of that width")
